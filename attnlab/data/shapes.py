@@ -1,0 +1,85 @@
+"""``shapes``: an embedded, procedurally generated 10-class dataset (no download).
+
+Each 32x32 RGB image holds one coloured object at a random position and size on a
+cluttered background (smooth colour noise plus small distractor blobs). The class is
+the object's shape; colour, position and size are nuisance factors. Each image keeps
+its ground-truth object mask, so we can score *where* GradCAM or attention looks.
+Generation is vectorised and deterministic given the seed.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .imageset import ImageSet
+
+SHAPE_CLASSES = [
+    "disk", "square", "diamond", "triangle", "ring",
+    "plus", "cross", "bar", "frame", "hourglass",
+]
+SIZE = 32
+SPLIT_SEEDS = {"train": 1000, "test": 2000}
+SPLIT_SIZES = {"train": 12000, "test": 2000}
+
+
+def _shape_masks(labels: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Inside-test per class on coordinates (u, v) normalised by the object radius."""
+    au, av = u.abs(), v.abs()
+    r = torch.sqrt(u * u + v * v)
+    cheb = torch.maximum(au, av)
+    inside = torch.stack([
+        r <= 1.0,                                                   # disk
+        cheb <= 0.8,                                                # square
+        au + av <= 1.0,                                             # diamond
+        (v <= 0.75) & (v >= -0.9) & (au <= (v + 0.9) * 0.6),         # triangle (apex up)
+        (r <= 1.0) & (r >= 0.55),                                   # ring
+        ((au <= 0.3) & (av <= 1.0)) | ((av <= 0.3) & (au <= 1.0)),  # plus
+        ((u - v).abs() <= 0.4) | ((u + v).abs() <= 0.4),            # cross (x)
+        (av <= 0.32) & (au <= 1.0),                                 # horizontal bar
+        (cheb <= 0.9) & (cheb >= 0.55),                             # frame
+        (av <= 0.9) & (au <= av * 0.9 + 0.1),                       # hourglass
+    ], 1)  # N, classes, H, W
+    inside &= (r <= 1.3).unsqueeze(1)  # keeps the diagonal cross bounded
+    return inside.gather(1, labels.view(-1, 1, 1, 1).expand(-1, 1, *u.shape[1:])).squeeze(1)
+
+
+def make_shapes(n: int, seed: int = 0, size: int = SIZE) -> ImageSet:
+    """``n`` images, classes balanced (``i % 10``) and shuffled, from ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % len(SHAPE_CLASSES)
+    labels = labels[torch.randperm(n, generator=g)]
+
+    # Smooth background: 4x4 colour noise upsampled, plus fine grain.
+    bg = F.interpolate(torch.rand(n, 3, 4, 4, generator=g), size=(size, size),
+                       mode="bicubic", align_corners=False)
+    bg = 0.25 + 0.5 * bg + 0.06 * torch.randn(n, 3, size, size, generator=g)
+
+    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    # Distractors: small blobs (radius 1.5-3 px) in random colours, never the object shape.
+    for _ in range(3):
+        c = torch.rand(n, 2, 1, 1, generator=g) * size
+        rad = 1.5 + 1.5 * torch.rand(n, 1, 1, generator=g)
+        blob = ((xs - c[:, 0]) ** 2 + (ys - c[:, 1]) ** 2) <= rad ** 2
+        col = torch.rand(n, 3, 1, 1, generator=g)
+        bg = torch.where(blob.unsqueeze(1), col, bg)
+
+    radius = 6.0 + 4.0 * torch.rand(n, 1, 1, generator=g)
+    margin = radius + 1
+    cx = margin + (size - 2 * margin) * torch.rand(n, 1, 1, generator=g)
+    cy = margin + (size - 2 * margin) * torch.rand(n, 1, 1, generator=g)
+    mask = _shape_masks(labels, (xs - cx) / radius, (ys - cy) / radius)  # N, H, W
+
+    # Object colour far enough from the local background to be visible.
+    colour = torch.rand(n, 3, 1, 1, generator=g)
+    bg_mean = bg.mean((2, 3), keepdim=True)
+    dark = bg_mean.mean(1, keepdim=True) > 0.5
+    colour = torch.where(dark, colour * 0.35, 0.65 + colour * 0.35)
+    img = torch.where(mask.unsqueeze(1), colour, bg)
+    images = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+    return ImageSet(images, labels, list(SHAPE_CLASSES), "shapes", "", mask)
+
+
+def load_shapes(split: str, n: int | None = None) -> ImageSet:
+    data = make_shapes(n or SPLIT_SIZES[split], seed=SPLIT_SEEDS[split])
+    data.split = split
+    return data

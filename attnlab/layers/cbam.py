@@ -1,0 +1,137 @@
+"""Convolutional Block Attention Module (Woo et al. 2018, arXiv 1807.06521).
+
+Channel attention then spatial attention, both multiplicative:
+
+- ``Mc = sigmoid(MLP(avgpool F) + MLP(maxpool F))`` with one **shared** MLP
+  ``Linear(C, C/r) - ReLU - Linear(C/r, C)``; ``F' = Mc * F``.
+- ``Ms = sigmoid(conv7x7([max_c F'; mean_c F']))`` (max first, as in the paper and
+  its code); ``F'' = Ms * F'``.
+
+Defaults follow seed 000's code (CNNtention, arXiv 2412.11657, REFERENCE.md section 2):
+MLP without bias, 7x7 conv with bias and no BatchNorm. The official CBAM code
+(github.com/Jongchan/attention-module) uses an MLP with bias and a conv without bias
+followed by ``BatchNorm2d(1, momentum=0.01)``. Both are offered as keyword presets::
+
+    CBAM(64, **SEED000)    # == CBAM(64)
+    CBAM(64, **OFFICIAL)   # == CBAM.official(64)
+
+Deviation from both codes: ``hidden = C // r`` is raised to 1 when it would be 0 (with
+a warning). Seed 000's "CBAM-32" had C=16, r=32 in stage 1, i.e. 0 hidden units, so
+its channel attention there was a constant ``sigmoid(0) = 0.5``.
+
+Placement (after each stage as in seed 000, or inside every residual block before the
+addition as in the CBAM paper) is the model's business; this is just the block.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .merge import Merge
+from .selfatt import _gate
+from . import register_attn
+
+#: seed 000's code (the defaults)
+SEED000 = dict(mlp_bias=False, spatial_bn=False, spatial_bias=None)
+#: the official CBAM code
+OFFICIAL = dict(mlp_bias=True, spatial_bn=True, spatial_bias=None)
+
+
+class ChannelAttention(nn.Module):
+    """``Mc = sigmoid(MLP(avgpool x) + MLP(maxpool x))``, returned as ``(B, C)``."""
+
+    def __init__(self, channels: int, reduction: int = 16, bias: bool = False):
+        super().__init__()
+        hidden = channels // reduction
+        if hidden < 1:
+            warnings.warn(
+                f"CBAM: channels // reduction = {channels} // {reduction} = 0 hidden units; "
+                "using 1. Seed 000's CBAM-32 (C=16, r=32) silently lost its stage-1 channel "
+                "attention this way (Mc was a constant 0.5).",
+                stacklevel=3,
+            )
+            hidden = 1
+        self.hidden = hidden
+        # one MLP shared by both pooled descriptors, as in the paper
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, hidden, bias=bias),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, channels, bias=bias),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        avg = x.mean((2, 3))  # B, C
+        mx = x.amax((2, 3))  # B, C
+        return torch.sigmoid(self.mlp(avg) + self.mlp(mx))  # B, C
+
+
+class SpatialAttention(nn.Module):
+    """``Ms = sigmoid(conv([max_c x; mean_c x]))``, returned as ``(B, 1, H, W)``."""
+
+    def __init__(self, kernel_size: int = 7, bn: bool = False, bias: Optional[bool] = None):
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd to keep H, W; got {kernel_size}")
+        # a bias before BatchNorm is redundant, hence the official code drops it
+        bias = (not bn) if bias is None else bias
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=bias)
+        # momentum 0.01 as in the official code's BasicConv
+        self.bn = nn.BatchNorm2d(1, momentum=0.01) if bn else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], dim=1)  # B, 2, H, W
+        s = self.conv(pooled)  # B, 1, H, W
+        if self.bn is not None:
+            s = self.bn(s)
+        return torch.sigmoid(s)
+
+
+@register_attn("cbam")
+class CBAM(nn.Module):
+    """Channel then spatial attention, ``out = merge(Ms * (Mc * x), x)``.
+
+    With the defaults (seed 000) the block has ``2*C*hidden + 99`` parameters: 969 for
+    C = 16, 32, 64 at r = 16 together.
+
+    Args:
+        channels: input and output channels ``C``.
+        reduction: MLP reduction ``r``; ``hidden = max(1, C // r)`` (warns if raised).
+        mlp_bias: bias in the shared MLP (seed 000: False, official: True).
+        spatial_bn: BatchNorm after the spatial conv (seed 000: False, official: True).
+        spatial_bias: bias of the spatial conv; ``None`` means ``not spatial_bn``.
+        kernel_size: spatial conv size (7 in the paper).
+        merge: ``plain`` (default, the paper's rescaling) / ``residual`` / ``weighted``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        reduction: int = 16,
+        mlp_bias: bool = False,
+        spatial_bn: bool = False,
+        spatial_bias: Optional[bool] = None,
+        kernel_size: int = 7,
+        merge: str = "plain",
+    ):
+        super().__init__()
+        self.channel = ChannelAttention(channels, reduction, bias=mlp_bias)
+        self.spatial = SpatialAttention(kernel_size, bn=spatial_bn, bias=spatial_bias)
+        self.merge = Merge(merge)
+
+    @classmethod
+    def official(cls, channels: int, **kw) -> "CBAM":
+        """The official CBAM code's variant: MLP with bias, conv without bias + BN."""
+        return cls(channels, **{**OFFICIAL, **kw})
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False, query_index=None):
+        # query_index is accepted for a uniform interface; CBAM maps are not per-query
+        mc = self.channel(x)  # B, C
+        f1 = x * mc[:, :, None, None]  # B, C, H, W
+        ms = self.spatial(f1)  # B, 1, H, W
+        out = self.merge(f1 * ms, x)
+        if return_attention:
+            return out, {"channel": mc, "spatial": ms, "gate": _gate(self.merge)}
+        return out

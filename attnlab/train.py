@@ -1,0 +1,340 @@
+"""One training loop for every model: ``fit(model, data, recipe) -> History``.
+
+GPU when present, CPU otherwise; bf16 autocast where the hardware has it. Each epoch
+ends with an atomic checkpoint, so Ctrl-C (which returns the history so far) and a
+killed process lose at most the epoch in progress, and ``fit`` called again resumes.
+Early stopping and model selection use the validation split; the test split is
+evaluated once, at the end, with the selected weights.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import DataSplits, DeviceLoader
+from .hardware import autocast, resolve_device, resolve_precision
+from .recipes import Recipe, validate_recipe
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be read or does not belong to this run."""
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch; ``deterministic`` also pins torch's algorithms."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+@dataclass
+class History:
+    """Per-epoch metrics plus the final test evaluation."""
+
+    rows: list[dict] = field(default_factory=list)
+    test: dict = field(default_factory=dict)
+    best_epoch: int = 0
+    best_val_acc: float = 0.0
+    stopped_early: bool = False
+    interrupted: bool = False
+    device: str = ""
+    precision: str = ""
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.rows)
+
+    def gates(self):
+        """Learned merge gates per epoch (columns ``gate:<module>``)."""
+        df = self.to_frame()
+        return df[["epoch"] + [c for c in df.columns if c.startswith("gate:")]]
+
+    def __repr__(self) -> str:
+        last = self.rows[-1] if self.rows else {}
+        return (f"History(epochs={self.epochs}, val_acc={last.get('val_acc', float('nan')):.4f}, "
+                f"test_acc={self.test.get('acc', float('nan')):.4f}, interrupted={self.interrupted})")
+
+
+def make_optimizer(model: nn.Module, r: Recipe) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if r.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, nesterov=r.nesterov,
+                               weight_decay=r.weight_decay)
+    if r.optimizer == "adam":  # coupled L2, as the papers' Adam runs used
+        return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
+    return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
+
+
+def lr_factor(r: Recipe, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of ``r.lr`` at optimiser step ``step`` (one mechanism for all schedules)."""
+    total = r.epochs * steps_per_epoch
+    if r.schedule == "step":  # drops at epoch boundaries, as in the papers
+        epoch = step // steps_per_epoch
+        return r.gamma ** sum(epoch >= round(m * r.epochs) for m in r.milestones)
+    if r.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    if r.schedule == "onecycle":
+        warm = max(1, int(0.25 * total))
+        if step < warm:
+            return 0.04 + 0.96 * step / warm
+        return 0.5 * (1 + math.cos(math.pi * min(step - warm, total - warm) / max(1, total - warm)))
+    return 1.0
+
+
+def gate_values(model: nn.Module) -> dict[str, float]:
+    """Scalar merge gates ``w`` of every weighted attention block, by module name."""
+    return {f"gate:{name.removesuffix('.merge')}": float(m.gate.detach().float().mean())
+            for name, m in model.named_modules()
+            if getattr(m, "gate", None) is not None and isinstance(m.gate, nn.Parameter)}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DeviceLoader, precision: str = "fp32",
+             num_classes: Optional[int] = None) -> dict:
+    """Loss, top-1, top-5, per-class accuracy and confusion matrix over ``loader``."""
+    was_training = model.training
+    model.eval()
+    device = loader.device
+    k = num_classes or int(loader.labels.max()) + 1
+    confusion = torch.zeros(k, k, dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), device=device)
+    top5 = torch.zeros((), device=device)
+    for x, y in loader:
+        with autocast(device, precision):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        top5 += (logits.topk(min(5, k), 1).indices == y[:, None]).any(1).sum()
+        confusion += torch.bincount(y * k + logits.argmax(1), minlength=k * k).view(k, k)
+    model.train(was_training)
+    n = int(confusion.sum())
+    conf = confusion.cpu()
+    per_class = (conf.diag() / conf.sum(1).clamp_min(1)).tolist()
+    return {"loss": float(loss_sum) / max(n, 1), "acc": float(conf.diag().sum()) / max(n, 1),
+            "top5": float(top5) / max(n, 1), "per_class": per_class, "confusion": conf.tolist(), "n": n}
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - truncated zip, pickle errors, ...
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc}); "
+            "delete it to train from scratch, or pass resume=False"
+        ) from exc
+
+
+class _Trainer:
+    """State of one ``fit`` call; split out so each step stays short."""
+
+    def __init__(self, model, data, recipe, device, precision, seed, checkpoint, progress,
+                 callbacks, live):
+        validate_recipe(recipe)
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.model = model.to(self.device)
+        self.data, self.recipe, self.seed = data, recipe, seed
+        self.train_loader = data.loader("train", recipe.batch_size, self.device, seed)
+        self.val_loader = data.loader("val", 512, self.device)
+        self.steps = len(self.train_loader)
+        if recipe.max_steps_per_epoch:
+            self.steps = min(self.steps, recipe.max_steps_per_epoch)
+        self.opt = make_optimizer(self.model, recipe)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(recipe, s, self.steps))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.history = History(device=str(self.device), precision=self.precision)
+        self.best_state = None
+        self.bad_epochs = 0
+        self.start_epoch = 0
+        self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.progress, self.callbacks, self.live = progress, list(callbacks), live
+        # Checking the loss every batch costs a device sync; on a GPU check in blocks.
+        self.check_every = 1 if self.device.type == "cpu" else 50
+
+    # -- checkpoints -------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                "sched": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
+                "epoch": len(self.history.rows), "history": self.history,
+                "best_state": self.best_state, "bad_epochs": self.bad_epochs,
+                "recipe": self.recipe.to_dict(), "torch_rng": torch.get_rng_state()}
+
+    def save(self) -> None:
+        if self.checkpoint:
+            self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_save(self.state(), self.checkpoint)
+
+    def restore(self) -> None:
+        ck = load_checkpoint(self.checkpoint)
+        if ck.get("recipe") != self.recipe.to_dict():
+            raise CheckpointError(f"checkpoint {self.checkpoint} was written by another recipe "
+                                  f"({ck.get('recipe', {}).get('name')}); delete it or pass resume=False")
+        try:
+            self.model.load_state_dict(ck["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"checkpoint {self.checkpoint} does not fit this model: {exc}") from exc
+        self.opt.load_state_dict(ck["opt"])
+        self.sched.load_state_dict(ck["sched"])
+        self.scaler.load_state_dict(ck["scaler"])
+        self.history, self.best_state, self.bad_epochs = ck["history"], ck["best_state"], ck["bad_epochs"]
+        self.start_epoch = ck["epoch"]
+        torch.set_rng_state(ck["torch_rng"])
+
+    # -- one epoch -----------------------------------------------------------------------
+    def train_epoch(self, epoch: int, bar) -> dict:
+        model, opt, loader = self.model, self.opt, self.train_loader
+        model.train()
+        loader.set_epoch(epoch)
+        losses = torch.zeros(self.steps, device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        seen, checked = 0, 0
+        t0 = time.perf_counter()
+        for i, (x, y) in enumerate(loader):
+            if i == self.steps:
+                break
+            with autocast(self.device, self.precision):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=self.recipe.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(opt)
+            self.scaler.update()
+            self.sched.step()
+            losses[i] = loss.detach()
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            if (i + 1) % self.check_every == 0:
+                self.check_finite(losses, checked, i + 1, epoch)
+                checked = i + 1
+            if bar is not None:
+                bar.update(1)
+        self.check_finite(losses, checked, self.steps, epoch)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        return {"train_loss": float(losses[:i + 1].mean()), "train_acc": int(correct) / max(seen, 1),
+                "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
+
+    def check_finite(self, losses, start: int, stop: int, epoch: int) -> None:
+        block = losses[start:stop]
+        if not bool(torch.isfinite(block).all()):
+            bad = start + int((~torch.isfinite(block)).nonzero()[0])
+            raise NonFiniteLossError(
+                f"training loss became {float(losses[bad])} at epoch {epoch + 1}, batch {bad + 1}: "
+                f"lower the learning rate (recipe {self.recipe.name!r} uses lr={self.recipe.lr}), "
+                f"try precision='fp32' (now {self.precision}), or a residual/weighted merge"
+            )
+
+    def end_epoch(self, epoch: int, row: dict) -> bool:
+        """Validate, keep the best weights, checkpoint; True when training should stop."""
+        val = evaluate(self.model, self.val_loader, self.precision, self.data.num_classes)
+        row.update(epoch=epoch + 1, val_loss=val["loss"], val_acc=val["acc"],
+                   lr=self.opt.param_groups[0]["lr"], **gate_values(self.model))
+        h = self.history
+        h.rows.append(row)
+        if val["acc"] > h.best_val_acc or self.best_state is None:
+            h.best_val_acc, h.best_epoch, self.bad_epochs = val["acc"], epoch + 1, 0
+            self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        else:
+            self.bad_epochs += 1
+        stop = self.recipe.patience is not None and self.bad_epochs >= self.recipe.patience
+        h.stopped_early = stop
+        self.save()
+        for cb in self.callbacks:
+            cb(h)
+        if self.live is not None:
+            self.live.update(h)
+        return stop
+
+    def run(self, evaluate_test: bool) -> History:
+        from tqdm.auto import tqdm
+
+        r = self.recipe
+        total = (r.epochs - self.start_epoch) * self.steps
+        bar = tqdm(total=total, desc=type(self.model).__name__, leave=False,
+                   disable=not self.progress or total == 0)
+        try:
+            for epoch in range(self.start_epoch, r.epochs):
+                bar.set_postfix_str(f"epoch {epoch + 1}/{r.epochs}")
+                row = self.train_epoch(epoch, bar)
+                if self.end_epoch(epoch, row):
+                    break
+        except KeyboardInterrupt:
+            self.history.interrupted = True
+            where = f"; {self.checkpoint} resumes after epoch {len(self.history.rows)}" if self.checkpoint else ""
+            print(f"Interrupted: returning the history of {len(self.history.rows)} finished epoch(s){where}.")
+            return self.history
+        finally:
+            bar.close()
+        if evaluate_test:
+            self.final_test()
+        return self.history
+
+    def final_test(self) -> None:
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        test_loader = self.data.loader("test", 512, self.device)
+        self.history.test = evaluate(self.model, test_loader, self.precision, self.data.num_classes)
+
+
+def fit(model: nn.Module, data: DataSplits, recipe: Recipe, *, device: str = "auto",
+        precision: str = "auto", seed: int = 0, checkpoint: str | Path | None = None,
+        resume: bool = True, progress: bool = True, live: Optional[bool] = None,
+        deterministic: bool = False, evaluate_test: bool = True,
+        callbacks: Sequence[Callable[[History], None]] = ()) -> History:
+    """Train ``model`` on ``data`` with ``recipe`` and return its :class:`History`.
+
+    - ``checkpoint``: file written atomically after every epoch; with ``resume`` an
+      existing one is continued (a run interrupted after epoch k restarts at k + 1 and,
+      with ``deterministic``, gives the same history as an uninterrupted run).
+    - ``live``: live loss/accuracy curves in a notebook (default: when in one and
+      ``progress`` is on).
+    - ``callbacks``: called with the history after each epoch; raising
+      ``KeyboardInterrupt`` in one stops like Ctrl-C.
+    At the end the weights of the best validation epoch are restored and evaluated once
+    on the test split (``history.test``).
+    """
+    seed_everything(seed, deterministic)
+    if live is None:
+        from .plots import in_notebook
+        live = progress and in_notebook()
+    live_plot = None
+    if live:
+        from .plots import LiveCurves
+        live_plot = LiveCurves()
+    t = _Trainer(model, data, recipe, device, precision, seed, checkpoint, progress, callbacks, live_plot)
+    if t.checkpoint and t.checkpoint.exists() and resume:
+        t.restore()
+    return t.run(evaluate_test)
