@@ -95,11 +95,16 @@ def load_dataset(name: str, split: str = "train", root: str | Path | None = None
     full = _official(name, "train", root, path)
     if split == "trainval":
         return full
-    vs = info.val_size if val_size is None else val_size
-    if not 0 < vs < len(full):
-        raise ValueError(f"val_size must be between 1 and {len(full) - 1}, got {vs}")
-    tr, va = split_indices(len(full), vs, split_seed)
+    tr, va = split_indices(len(full), _val_size(info, len(full), val_size), split_seed)
     return full.take(tr if split == "train" else va, split)
+
+
+def _val_size(info: DatasetInfo, n: int, val_size: Optional[int]) -> int:
+    """The requested size, else the paper's (5k for CIFAR), else a tenth of the data."""
+    vs = val_size if val_size is not None else (info.val_size or max(1, n // 10))
+    if not 0 < vs < n:
+        raise ValueError(f"val_size must be between 1 and {n - 1}, got {vs}")
+    return vs
 
 
 def channel_stats(data: ImageSet) -> tuple[list[float], list[float]]:
@@ -171,9 +176,7 @@ def load_data(name: str, root: str | Path | None = None, *, val_size: Optional[i
     info = dataset_info(name)
     root = Path(root) if root is not None else data_root()
     full = _official(name, "train", root, path)
-    vs = info.val_size or max(1, len(full) // 10)
-    vs = vs if val_size is None else val_size
-    tr, va = split_indices(len(full), vs, split_seed)
+    tr, va = split_indices(len(full), _val_size(info, len(full), val_size), split_seed)
     train, val = full.take(tr, "train"), full.take(va, "val")
     test = _official(name, "test", root, path)
     mean, std = channel_stats(train)  # statistics of the full training split, not the subset

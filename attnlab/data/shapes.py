@@ -8,6 +8,8 @@ Generation is vectorised and deterministic given the seed.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -79,7 +81,12 @@ def make_shapes(n: int, seed: int = 0, size: int = SIZE) -> ImageSet:
     return ImageSet(images, labels, list(SHAPE_CLASSES), "shapes", "", mask)
 
 
+@functools.lru_cache(maxsize=4)
+def _cached_shapes(n: int, seed: int) -> ImageSet:
+    return make_shapes(n, seed)
+
+
 def load_shapes(split: str, n: int | None = None) -> ImageSet:
-    data = make_shapes(n or SPLIT_SIZES[split], seed=SPLIT_SEEDS[split])
-    data.split = split
-    return data
+    """The fixed ``train`` or ``test`` split (generated once per process; treat as read-only)."""
+    data = _cached_shapes(n or SPLIT_SIZES[split], SPLIT_SEEDS[split])
+    return ImageSet(data.images, data.labels, data.classes, "shapes", split, data.masks)

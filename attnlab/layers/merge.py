@@ -36,8 +36,8 @@ class Merge(nn.Module):
         if self.merge == "plain":
             return fx
         if self.merge == "residual":
-            return fx + x
-        return self.gate * fx + x
+            return x + fx
+        return x + self.gate * fx  # x first: the result keeps x's memory layout
 
     def extra_repr(self) -> str:
         return f"merge={self.merge!r}"

@@ -63,7 +63,49 @@ def _register_resnets() -> None:
 
         register_model(f"se_resnet{depth}", f"SE-ResNet-{depth}: squeeze-excitation in every block")(se_resnet)
 
+    def cbam_resnet110(num_classes: int = 10, in_channels: int = 3, reduction: int = 16,
+                       official: bool = True) -> CifarResNet:
+        """CBAM-ResNet-110: CBAM inside every block (the CBAM paper's placement)."""
+        kw = {"reduction": reduction, "mlp_bias": official, "spatial_bn": official}
+        return CifarResNet(110, num_classes, in_channels, block_attn="cbam", block_attn_kw=kw)
+
+    register_model("cbam_resnet110", "CBAM-ResNet-110: CBAM in every block (Woo et al. 2018)")(cbam_resnet110)
+
+
+def _register_cnntention() -> None:
+    """Seed 000's models: one block after each stage of a CIFAR ResNet (default depth 20).
+
+    ``merge`` and the block's own options pass through (``scale`` for selfatt,
+    ``num_heads`` for mha, ``reduction``/``mlp_bias``/``spatial_bn`` for cbam).
+    ``placement="block"`` puts CBAM inside every residual block instead (CBAM paper).
+    """
+
+    def resnet20_selfatt(num_classes: int = 10, in_channels: int = 3, depth: int = 20,
+                         merge: str = "weighted", scale: float | None = 1.0) -> CifarResNet:
+        return CifarResNet(depth, num_classes, in_channels, attn="selfatt",
+                           attn_kw={"merge": merge, "scale": scale})
+
+    def resnet20_mha(num_classes: int = 10, in_channels: int = 3, depth: int = 20,
+                     merge: str = "weighted", num_heads: int = 8) -> CifarResNet:
+        return CifarResNet(depth, num_classes, in_channels, attn="mha",
+                           attn_kw={"merge": merge, "num_heads": num_heads})
+
+    def resnet20_cbam(num_classes: int = 10, in_channels: int = 3, depth: int = 20,
+                      merge: str = "plain", reduction: int = 16, mlp_bias: bool = False,
+                      spatial_bn: bool = False, placement: str = "stage") -> CifarResNet:
+        if placement not in ("stage", "block"):
+            raise ValueError(f"placement must be 'stage' (seed 000) or 'block' (CBAM paper), got {placement!r}")
+        kw = {"merge": merge, "reduction": reduction, "mlp_bias": mlp_bias, "spatial_bn": spatial_bn}
+        if placement == "stage":
+            return CifarResNet(depth, num_classes, in_channels, attn="cbam", attn_kw=kw)
+        return CifarResNet(depth, num_classes, in_channels, block_attn="cbam", block_attn_kw=kw)
+
+    register_model("resnet20_selfatt", "ResNet-20 + SelfAtt after each stage (seed 000)")(resnet20_selfatt)
+    register_model("resnet20_mha", "ResNet-20 + 8-head MHA after each stage (seed 000)")(resnet20_mha)
+    register_model("resnet20_cbam", "ResNet-20 + CBAM after each stage (seed 000) or in blocks")(resnet20_cbam)
+
 
 _register_resnets()
+_register_cnntention()
 
 __all__ = ["create_model", "list_models", "register_model", "describe_models", "CifarResNet", "BasicBlock"]

@@ -1,0 +1,338 @@
+"""The command line: ``python -m attnlab <command>`` (or the ``attnlab`` script).
+
+    info                                  versions, device, precision, data and runs folders
+    data list | data import NAME --from DIR
+    train --model M --dataset D ...       one run through the run store (--json: last line)
+    runs                                  the finished runs as a table (--json)
+    bench [--quick] [--cifar-quick]       speed and memory ratios, measured in one process
+    reproduce --profile P --dataset D     every notebook with papermill, then a summary
+
+Each command is one ``_add_<name>`` function that builds its sub-parser and sets
+``func``, so a new command is one more function in :data:`COMMANDS`. Bad input (an
+unknown name, missing data offline, a malformed option) prints one line
+``attnlab: error: ...`` and exits with 2; ``ATTNLAB_DEBUG=1`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from .data import DataUnavailableError
+
+EXIT_BAD_INPUT = 2
+EXPECTED_ERRORS = (ValueError, TypeError, DataUnavailableError, FileNotFoundError)
+
+
+def _json_dict(text: str) -> dict:
+    """argparse type for ``--model-kw '{"attn": "cbam"}'``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"key\": 1}}', got {text!r}")
+    return value
+
+
+def _print_json(obj) -> None:
+    # Scripts read the last line, so the object must be on exactly one line.
+    print(json.dumps(obj, default=str, separators=(",", ":")), flush=True)
+
+
+# -- info --------------------------------------------------------------------------------
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="versions, device, precision, data found, runs folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_info)
+
+
+def _cached_text(cached: dict[str, list[str]]) -> str:
+    if not cached:
+        return "none (shapes is built in and needs no cache)"
+    return ", ".join(f"{name} ({'/'.join(splits)})" for name, splits in cached.items())
+
+
+def cmd_info(args) -> int:
+    import torch
+
+    from .data import cached_datasets
+    from .hardware import environment
+    from .paths import data_root, runs_root
+
+    env = environment()
+    runs = runs_root()
+    info = {**env, "threads": torch.get_num_threads(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", ""),
+            "cuda_available": torch.cuda.is_available(), "data_root": str(data_root()),
+            "cached_datasets": cached_datasets(), "runs_root": str(runs),
+            "finished_runs": len(list(runs.glob("*/metrics.json")))}
+    if args.json:
+        _print_json(info)
+        return 0
+    print(f"attnlab {env['attnlab']}  python {env['python']}  torch {env['torch']}  "
+          f"torchvision {env['torchvision']}")
+    rows = [("device", f"{env['device']}: {env['device_name']}"), ("precision", env["precision"]),
+            ("threads", f"{info['threads']} (OMP_NUM_THREADS={info['OMP_NUM_THREADS'] or 'unset'})"),
+            ("platform", env["platform"]), ("data root", info["data_root"]),
+            ("cached data", _cached_text(info["cached_datasets"])),
+            ("runs root", f"{info['runs_root']} ({info['finished_runs']} finished runs)")]
+    for k, v in rows:
+        print(f"{k:<12} {v}")
+    return 0
+
+
+# -- data --------------------------------------------------------------------------------
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="list the datasets or import an offline copy")
+    dsub = p.add_subparsers(dest="data_command", metavar="{list,import}", required=True)
+    ls = dsub.add_parser("list", help="datasets, descriptions and whether they are cached")
+    ls.add_argument("--root", help="data folder (default: ATTNLAB_DATA or the checkout's data/)")
+    ls.set_defaults(func=cmd_data_list)
+    imp = dsub.add_parser("import", help="decode an offline ImageFolder copy into the cache once")
+    imp.add_argument("name", help="cifar10, cifar100 or mnist")
+    imp.add_argument("--from", dest="source", required=True,
+                     help="folder with train/ and test/ (folders or .tar.gz)")
+    imp.add_argument("--root", help="data folder (default: ATTNLAB_DATA or the checkout's data/)")
+    imp.set_defaults(func=cmd_data_import)
+
+
+def cmd_data_list(args) -> int:
+    from .data import DATASETS, cached_datasets
+    from .paths import data_root
+
+    cached = cached_datasets(args.root)
+    print(f"data root: {args.root or data_root()}")
+    for name, info in DATASETS.items():
+        if name == "shapes":
+            state = "built in"
+        elif name == "imagefolder":
+            state = "your path"
+        else:
+            state = "cached: " + "/".join(cached[name]) if name in cached else "not cached"
+        print(f"  {name:<12} {state:<20} {info.description}")
+    return 0
+
+
+def cmd_data_import(args) -> int:
+    from .data import import_dataset
+
+    if not Path(args.source).exists():
+        raise FileNotFoundError(f"--from {args.source}: no such folder")
+    t0 = time.perf_counter()
+    counts = import_dataset(args.name, args.source, args.root)
+    seconds = time.perf_counter() - t0
+    split_text = ", ".join(f"{split} {n}" for split, n in counts.items())
+    print(f"imported {args.name} from {args.source}: {split_text} images in {seconds:.1f} s")
+    return 0
+
+
+# -- train -------------------------------------------------------------------------------
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train (or load from the run store) one model")
+    p.add_argument("--model", required=True, help="a name from attnlab.list_models()")
+    p.add_argument("--dataset", default="shapes")
+    p.add_argument("--recipe", default="he2016")
+    p.add_argument("--profile", default="quick", help="smoke, quick or full")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model-kw", type=_json_dict, default={}, metavar="JSON",
+                   help='model keywords, e.g. \'{"attn": "cbam"}\'')
+    p.add_argument("--recipe-kw", type=_json_dict, default={}, metavar="JSON",
+                   help='recipe overrides, e.g. \'{"lr": 0.05}\'')
+    p.add_argument("--no-cache", action="store_true", help="retrain even if the run is stored")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", help="auto, bf16, fp16 or fp32")
+    p.add_argument("--json", action="store_true", help="last line: one JSON object of the results")
+    p.set_defaults(func=cmd_train)
+
+
+def _check_config(config) -> None:
+    """Raise on a bad name or keyword before the run folder is made or data is loaded."""
+    from .data import dataset_info
+    from .hardware import resolve_precision
+    from .models import create_model, list_models
+    from .recipes import get_recipe
+
+    if config.model not in list_models():
+        raise ValueError(f"unknown model {config.model!r}; available: {', '.join(list_models())}")
+    dataset_info(config.dataset)
+    get_recipe(config.recipe, config.profile, config.dataset, **config.recipe_kw)
+    resolve_precision(config.precision)
+    create_model(config.model, **config.model_kw)  # unknown model keywords fail here, cheaply
+
+
+def cmd_train(args) -> int:
+    from .paths import runs_root
+    from .runs import RunConfig, train_or_load
+
+    config = RunConfig(args.model, args.dataset, args.recipe, args.profile, args.seed,
+                       model_kw=args.model_kw, recipe_kw=args.recipe_kw, precision=args.precision)
+    _check_config(config)
+    cached = not args.no_cache and (runs_root() / config.dirname / "metrics.json").exists()
+    run = train_or_load(config, use_cache=not args.no_cache, progress=not args.json,
+                        device=args.device, live=False)
+    if not run.finished:
+        print(f"attnlab: interrupted; run again to resume from {run.dir}", file=sys.stderr)
+        return 130
+    m = run.metrics
+    print(f"{config.model} on {config.dataset} ({config.recipe}, {config.profile}, seed {config.seed})"
+          f"{' [from the run store]' if cached else ''}: test acc {m['test_acc']:.4f}, "
+          f"val acc {m['val_acc']:.4f}, {m['epochs']} epochs, {m['wall_s']:.1f} s, {run.dir}")
+    if args.json:
+        _print_json({"model": config.model, "dataset": config.dataset, "recipe": config.recipe,
+                     "profile": config.profile, "seed": config.seed, "test_acc": m["test_acc"],
+                     "val_acc": m["val_acc"], "epochs": m["epochs"], "wall_s": m["wall_s"],
+                     "device": m["device"], "precision": m["precision"], "cached": cached,
+                     "run_dir": str(run.dir)})
+    return 0
+
+
+# -- runs --------------------------------------------------------------------------------
+
+RUN_COLUMNS = ["model", "dataset", "recipe", "profile", "seed", "model_kw", "test_acc",
+               "val_acc", "epochs", "wall_s", "device"]
+
+
+def _add_runs(sub) -> None:
+    p = sub.add_parser("runs", help="the finished runs in the run store")
+    p.add_argument("--json", action="store_true", help="last line: {\"runs\": [...]}")
+    p.set_defaults(func=cmd_runs)
+
+
+def cmd_runs(args) -> int:
+    from .paths import runs_root
+    from .runs import list_runs
+
+    df = list_runs()
+    if args.json:
+        _print_json({"runs_root": str(runs_root()), "runs": df.to_dict("records")})
+        return 0
+    if df.empty:
+        print(f"no finished runs under {runs_root()}")
+        return 0
+    print(df[[c for c in RUN_COLUMNS if c in df]].to_string(index=False, float_format="{:.4f}".format))
+    print(f"{len(df)} run(s) under {runs_root()}")
+    return 0
+
+
+# -- bench -------------------------------------------------------------------------------
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="loader, fit, precision and attention speed/memory ratios")
+    p.add_argument("--quick", action="store_true", help="fewer repeats and steps (about a minute)")
+    p.add_argument("--cifar-quick", action="store_true",
+                   help="also train ResNet-20 at the quick profile on CIFAR-10 (~15 min, must be imported)")
+    p.add_argument("--out", help="also write the results as JSON to this file")
+    p.add_argument("--json", action="store_true", help="last line: one JSON object of the results")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from .bench import format_report, run_benchmarks
+
+    results = run_benchmarks(quick=args.quick, cifar=args.cifar_quick)
+    print(format_report(results))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2, default=str))
+        print(f"results written to {args.out}")
+    if args.json:
+        _print_json(results)
+    return 0
+
+
+# -- reproduce ---------------------------------------------------------------------------
+
+def _add_reproduce(sub) -> None:
+    from .reproduce import NOTEBOOK_PATTERN
+
+    p = sub.add_parser("reproduce", help="execute every notebook with papermill, then summarise")
+    p.add_argument("--profile", required=True, choices=["smoke", "quick", "full"])
+    p.add_argument("--dataset", default="shapes")
+    p.add_argument("--notebooks", default=NOTEBOOK_PATTERN, metavar="GLOB",
+                   help=f"which notebooks (default {NOTEBOOK_PATTERN!r}); a path part names the folder")
+    p.add_argument("--notebooks-dir", help="folder of the notebooks (default: the checkout's notebooks/)")
+    p.add_argument("--out", help="report folder (default: reports/<profile>-<dataset>)")
+    p.add_argument("--cell-timeout", type=float, help="seconds allowed per cell")
+    p.add_argument("--kernel", default="python3", help="Jupyter kernel name")
+    p.set_defaults(func=cmd_reproduce)
+
+
+def _notebooks_dir(args) -> tuple[Path, str]:
+    """Split ``--notebooks notebooks/0*.ipynb`` into a folder and a pattern."""
+    from .paths import PROJECT_ROOT
+
+    pattern = Path(args.notebooks)
+    if pattern.parent != Path("."):
+        # a path part names the folder, relative to --notebooks-dir or the current folder
+        return Path(args.notebooks_dir or ".") / pattern.parent, pattern.name
+    if args.notebooks_dir:
+        return Path(args.notebooks_dir), pattern.name
+    local, checkout = Path("notebooks"), PROJECT_ROOT / "notebooks"
+    # run from outside the checkout: use its notebooks rather than fail
+    return (local if local.is_dir() or not checkout.is_dir() else checkout), pattern.name
+
+
+def cmd_reproduce(args) -> int:
+    from .reproduce import failed_notebooks, reproduce
+
+    nb_dir, pattern = _notebooks_dir(args)
+    report = reproduce(args.profile, args.dataset, nb_dir, args.out, pattern,
+                       kernel_name=args.kernel, cell_timeout=args.cell_timeout)
+    failed = failed_notebooks(report)
+    print(f"summary: {report / 'summary.md'} and {report / 'summary.html'}")
+    if failed:
+        print(f"attnlab: {len(failed)} notebook(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# -- entry point -------------------------------------------------------------------------
+
+COMMANDS: list[Callable] = [_add_info, _add_data, _add_train, _add_runs, _add_bench, _add_reproduce]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="attnlab", description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"attnlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    # DataUnavailableError explains the manual route over several lines; keep one
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command; returns the exit status (0 ok, 1 failed work, 2 bad input)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and argparse's own usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    try:
+        return int(args.func(args) or 0)
+    except EXPECTED_ERRORS as exc:
+        if os.environ.get("ATTNLAB_DEBUG"):
+            raise
+        print(f"attnlab: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("attnlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

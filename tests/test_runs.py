@@ -1,0 +1,76 @@
+import json
+
+import pytest
+
+from attnlab import RunConfig, list_runs, train_or_load
+from attnlab import runs as runs_mod
+
+
+def smoke(**kw):
+    return RunConfig(model="resnet20", dataset="shapes", recipe="he2016", profile="smoke", **kw)
+
+
+def test_run_is_stored_and_then_loaded_from_cache(tmp_path, monkeypatch):
+    run = train_or_load(smoke(), tmp_path, progress=False)
+    assert run.finished and 0 <= run.metrics["test_acc"] <= 1
+    for f in ("config.json", "env.json", "history.csv", "metrics.json", "model.pt"):
+        assert (run.dir / f).exists(), f
+    assert not (run.dir / "checkpoint.pt").exists()
+
+    def no_training(*a, **k):
+        raise AssertionError("a cached run must not train again")
+
+    monkeypatch.setattr(runs_mod, "fit", no_training)
+    again = train_or_load(smoke(), tmp_path)
+    assert again.metrics == run.metrics and again.dir == run.dir
+    model = again.model()
+    assert sum(p.numel() for p in model.parameters()) == run.metrics["params"]
+
+
+def test_config_changes_change_the_key():
+    assert smoke().key != smoke(seed=1).key != smoke(model_kw={"shortcut": "B"}).key
+    assert smoke().key == smoke().key
+    assert smoke().dirname.startswith("resnet20-shapes-smoke-s0-")
+
+
+def test_unfinished_run_is_never_read_as_finished(tmp_path):
+    cfg = smoke()
+    d = tmp_path / cfg.dirname
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps(cfg.to_dict()))
+    (d / "history.csv").write_text("epoch,train_loss\n1,2.0\n")
+    assert runs_mod.Run.load(d) is None
+    assert list_runs(tmp_path).empty
+
+
+def test_interrupted_run_resumes(tmp_path, monkeypatch):
+    real_fit = runs_mod.fit
+
+    def interrupted_fit(*a, callbacks=(), **k):
+        def stop(history):
+            raise KeyboardInterrupt
+        return real_fit(*a, callbacks=list(callbacks) + [stop], **k)
+
+    cfg = smoke(recipe_kw={"epochs": 2})
+    monkeypatch.setattr(runs_mod, "fit", interrupted_fit)
+    partial = train_or_load(cfg, tmp_path, progress=False)
+    assert not partial.finished and (partial.dir / "checkpoint.pt").exists()
+    monkeypatch.setattr(runs_mod, "fit", real_fit)
+    done = train_or_load(cfg, tmp_path, progress=False)
+    assert done.finished and done.metrics["epochs"] == 2 and len(done.history) == 2
+
+
+def test_corrupt_metrics_means_retrain(tmp_path):
+    run = train_or_load(smoke(), tmp_path, progress=False)
+    (run.dir / "metrics.json").write_text("{not json")
+    with pytest.warns(UserWarning, match="unreadable"):
+        again = train_or_load(smoke(), tmp_path, progress=False)
+    assert again.finished
+
+
+def test_list_runs_is_one_frame(tmp_path):
+    train_or_load(smoke(), tmp_path, progress=False)
+    train_or_load(smoke(seed=1), tmp_path, progress=False)
+    df = list_runs(tmp_path)
+    assert len(df) == 2 and set(df["seed"]) == {0, 1}
+    assert {"model", "dataset", "test_acc", "val_acc", "params", "dir"} <= set(df.columns)

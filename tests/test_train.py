@@ -1,0 +1,139 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from attnlab import create_model, fit, get_recipe, load_data
+from attnlab.recipes import Recipe
+from attnlab.train import CheckpointError, NonFiniteLossError, lr_factor
+
+
+def small_recipe(**kw):
+    base = dict(name="t", optimizer="sgd", lr=0.05, weight_decay=5e-4, epochs=2, batch_size=64,
+                schedule="cosine", max_steps_per_epoch=3)
+    base.update(kw)
+    return Recipe(**base)
+
+
+def test_fit_overfits_64_images():
+    data = load_data("shapes", train_subset=64, eval_subset=64, augment="none")
+    recipe = Recipe("overfit", "adam", 3e-3, 0.0, 40, "constant", batch_size=64)
+    h = fit(create_model("resnet20"), data, recipe, progress=False, precision="fp32", evaluate_test=False)
+    assert h.rows[-1]["train_acc"] == 1.0
+    assert h.rows[-1]["train_loss"] < 0.1 < h.rows[0]["train_loss"]
+
+
+def test_history_rows_and_final_test(tiny_data):
+    h = fit(create_model("resnet20"), tiny_data, small_recipe(), progress=False)
+    assert h.epochs == 2 and not h.interrupted
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"):
+        assert key in h.rows[0]
+    assert set(h.test) >= {"acc", "top5", "loss", "per_class", "confusion"}
+    assert len(h.test["per_class"]) == 10 and h.test["n"] == len(tiny_data.test)
+    assert h.test["top5"] >= h.test["acc"]
+
+
+def test_resume_equals_an_uninterrupted_run(tiny_data, tmp_path):
+    recipe = small_recipe(epochs=3)
+
+    def run(ckpt, stop_after=None):
+        def interrupt(history):
+            if stop_after is not None and history.epochs == stop_after:
+                raise KeyboardInterrupt
+
+        torch.manual_seed(0)
+        model = create_model("resnet20")
+        h = fit(model, tiny_data, recipe, checkpoint=ckpt, progress=False, deterministic=True,
+                precision="fp32", callbacks=[interrupt], seed=7)
+        return h, model
+
+    straight, m1 = run(tmp_path / "a.pt")
+    partial, _ = run(tmp_path / "b.pt", stop_after=1)
+    assert partial.interrupted and partial.epochs == 1 and not partial.test
+    resumed, m2 = run(tmp_path / "b.pt")
+    assert resumed.epochs == 3 and not resumed.interrupted
+    for a, b in zip(straight.rows, resumed.rows):
+        assert a["train_loss"] == b["train_loss"] and a["val_acc"] == b["val_acc"]
+    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_two_deterministic_runs_are_identical(tiny_data):
+    def run():
+        torch.manual_seed(0)
+        return fit(create_model("resnet20"), tiny_data, small_recipe(epochs=1), progress=False,
+                   deterministic=True, seed=3).rows[0]
+
+    a, b = run(), run()
+    assert a["train_loss"] == b["train_loss"] and a["val_loss"] == b["val_loss"]
+
+
+class NaNAfter(nn.Module):
+    """Produces NaN logits from the third call on (a stand-in for a diverging model)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 10)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1 if self.training else 0
+        out = self.lin(x.mean((2, 3)))
+        return out * float("nan") if self.calls >= 3 else out
+
+
+def test_nan_loss_stops_with_epoch_and_batch(tiny_data):
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at epoch 1, batch 3.*learning rate"):
+        fit(NaNAfter(), tiny_data, small_recipe(), progress=False)
+
+
+def test_corrupt_checkpoint_is_explained(tiny_data, tmp_path):
+    ckpt = tmp_path / "c.pt"
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt.*resume=False"):
+        fit(create_model("resnet20"), tiny_data, small_recipe(), checkpoint=ckpt, progress=False)
+
+
+def test_checkpoint_of_another_recipe_is_refused(tiny_data, tmp_path):
+    ckpt = tmp_path / "c.pt"
+    fit(create_model("resnet20"), tiny_data, small_recipe(epochs=1), checkpoint=ckpt, progress=False)
+    with pytest.raises(CheckpointError, match="another recipe"):
+        fit(create_model("resnet20"), tiny_data, small_recipe(epochs=1, lr=0.2), checkpoint=ckpt,
+            progress=False)
+
+
+def test_early_stopping_uses_patience(tiny_data):
+    recipe = small_recipe(epochs=30, lr=1e-9, patience=2, schedule="constant", max_steps_per_epoch=1)
+    h = fit(create_model("resnet20"), tiny_data, recipe, progress=False)
+    assert h.stopped_early and h.epochs < 30 and h.best_epoch <= h.epochs - 2
+
+
+def test_unknown_recipe_profile_and_field():
+    with pytest.raises(ValueError, match="unknown recipe 'sgd2'.*he2016"):
+        get_recipe("sgd2")
+    with pytest.raises(ValueError, match="unknown profile 'fast'.*smoke, quick, full"):
+        get_recipe("he2016", "fast")
+    with pytest.raises(TypeError, match="unknown recipe field.*'learning_rate'"):
+        get_recipe("he2016", learning_rate=0.1)
+
+
+def test_profiles_scale_recipes():
+    assert get_recipe("he2016", "full").epochs == 182
+    assert get_recipe("he2016", "quick", "cifar10").epochs == 15
+    smoke = get_recipe("cnntention_att", "smoke", "shapes")
+    assert smoke.epochs == 1 and smoke.max_steps_per_epoch == 4 and smoke.patience >= 2
+
+
+def test_he2016_schedule_drops_at_half_and_three_quarters():
+    r = get_recipe("he2016")
+    f = [lr_factor(r, e * 10, 10) for e in (0, 90, 91, 135, 136, 181)]
+    assert f[:2] == [1.0, 1.0]
+    assert math.isclose(f[2], 0.1) and math.isclose(f[3], 0.1)
+    assert math.isclose(f[4], 0.01) and math.isclose(f[5], 0.01)
+
+
+def test_gates_are_logged_per_epoch(tiny_data):
+    h = fit(create_model("resnet20_selfatt"), tiny_data, small_recipe(epochs=1), progress=False)
+    gates = h.gates()
+    assert list(gates.columns) == ["epoch", "gate:attn1", "gate:attn2", "gate:attn3"]
