@@ -17,15 +17,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .data import DataUnavailableError
+from .train import CheckpointError, NonFiniteLossError
 
+EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXPECTED_ERRORS = (ValueError, TypeError, DataUnavailableError, FileNotFoundError)
+# Training that went wrong (NaN loss, a checkpoint of another run): the message says what to do.
+TRAINING_ERRORS = (NonFiniteLossError, CheckpointError)
 
 
 def _json_dict(text: str) -> dict:
@@ -115,7 +120,7 @@ def cmd_data_list(args) -> int:
         elif name == "imagefolder":
             state = "your path"
         else:
-            state = "cached: " + "/".join(cached[name]) if name in cached else "not cached"
+            state = ("cached: " + "/".join(cached[name])) if name in cached else "not cached"
         print(f"  {name:<12} {state:<20} {info.description}")
     return 0
 
@@ -146,6 +151,8 @@ def _add_train(sub) -> None:
                    help='model keywords, e.g. \'{"attn": "cbam"}\'')
     p.add_argument("--recipe-kw", type=_json_dict, default={}, metavar="JSON",
                    help='recipe overrides, e.g. \'{"lr": 0.05}\'')
+    p.add_argument("--data-kw", type=_json_dict, default={}, metavar="JSON",
+                   help='data options, e.g. \'{"path": "my.tar.gz"}\' for imagefolder')
     p.add_argument("--no-cache", action="store_true", help="retrain even if the run is stored")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", help="auto, bf16, fp16 or fp32")
@@ -153,10 +160,10 @@ def _add_train(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def _check_config(config) -> None:
+def _check_config(config, device: str) -> None:
     """Raise on a bad name or keyword before the run folder is made or data is loaded."""
     from .data import dataset_info
-    from .hardware import resolve_precision
+    from .hardware import resolve_device, resolve_precision
     from .models import create_model, list_models
     from .recipes import get_recipe
 
@@ -165,6 +172,7 @@ def _check_config(config) -> None:
     dataset_info(config.dataset)
     get_recipe(config.recipe, config.profile, config.dataset, **config.recipe_kw)
     resolve_precision(config.precision)
+    resolve_device(device)
     create_model(config.model, **config.model_kw)  # unknown model keywords fail here, cheaply
 
 
@@ -173,11 +181,20 @@ def cmd_train(args) -> int:
     from .runs import RunConfig, train_or_load
 
     config = RunConfig(args.model, args.dataset, args.recipe, args.profile, args.seed,
-                       model_kw=args.model_kw, recipe_kw=args.recipe_kw, precision=args.precision)
-    _check_config(config)
-    cached = not args.no_cache and (runs_root() / config.dirname / "metrics.json").exists()
-    run = train_or_load(config, use_cache=not args.no_cache, progress=not args.json,
-                        device=args.device, live=False)
+                       model_kw=args.model_kw, recipe_kw=args.recipe_kw, data_kw=args.data_kw,
+                       precision=args.precision)
+    _check_config(config, args.device)
+    run_dir = runs_root() / config.dirname
+    fresh = not run_dir.exists()
+    cached = not args.no_cache and (run_dir / "metrics.json").exists()
+    try:
+        run = train_or_load(config, use_cache=not args.no_cache, progress=not args.json,
+                            device=args.device, live=False)
+    except EXPECTED_ERRORS:
+        if fresh and not (run_dir / "checkpoint.pt").exists():
+            # failed before its first epoch (data missing, a bad path): nothing worth keeping
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     if not run.finished:
         print(f"attnlab: interrupted; run again to resume from {run.dir}", file=sys.stderr)
         return 130
@@ -296,13 +313,22 @@ def cmd_reproduce(args) -> int:
 
 # -- entry point -------------------------------------------------------------------------
 
+EXAMPLES = """examples:
+  python -m attnlab info
+  python -m attnlab data import cifar10 --from ../shared/datasets/cifar10-jpg
+  python -m attnlab train --model resnet20 --dataset shapes --profile smoke --json
+  python -m attnlab bench --quick
+  python -m attnlab reproduce --profile quick --dataset shapes"""
+
 COMMANDS: list[Callable] = [_add_info, _add_data, _add_train, _add_runs, _add_bench, _add_reproduce]
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="attnlab", description=(__doc__ or "").split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="attnlab", description="attnlab: a workbook on attention in CNNs, from the command line.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"attnlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:
@@ -315,6 +341,13 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _report(exc: BaseException, code: int) -> int:
+    if os.environ.get("ATTNLAB_DEBUG"):
+        raise exc
+    print(f"attnlab: error: {_one_line(exc)}", file=sys.stderr)
+    return code
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one command; returns the exit status (0 ok, 1 failed work, 2 bad input)."""
     parser = build_parser()
@@ -325,10 +358,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except EXPECTED_ERRORS as exc:
-        if os.environ.get("ATTNLAB_DEBUG"):
-            raise
-        print(f"attnlab: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _report(exc, EXIT_BAD_INPUT)
+    except TRAINING_ERRORS as exc:
+        return _report(exc, EXIT_FAILED)
     except KeyboardInterrupt:
         print("attnlab: interrupted", file=sys.stderr)
         return 130

@@ -160,7 +160,7 @@ def attention_maps(model: nn.Module, images: torch.Tensor, query: Sequence[int])
     in_size = images.shape[-2:]
     if not (0 <= query[0] < in_size[0] and 0 <= query[1] < in_size[1]):
         raise ValueError(f"query {tuple(query)} lies outside the {tuple(in_size)} input")
-    blocks = [m for m in model.modules() if _takes_query(m)]
+    blocks = [m for m in model.modules() if m is not model and _takes_query(m)]
     sizes: dict[nn.Module, tuple[int, int]] = {}
     hook = _query_hook(query, in_size, sizes)
     handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in blocks]

@@ -15,7 +15,7 @@ import torch
 from ..paths import data_root
 from .imageset import ImageSet, load_cache, save_cache
 from .loader import AUGMENTS, DeviceLoader, random_crop_flip
-from .shapes import SHAPE_CLASSES, load_shapes
+from .shapes import SHAPE_CLASSES, SHAPES_VERSION, load_shapes
 from .sources import (CIFAR10_CLASSES, DataUnavailableError, cache_path, from_torchvision,
                       imagefolder_key, read_imagefolder)
 
@@ -56,13 +56,13 @@ def dataset_info(name: str) -> DatasetInfo:
 
 def _official(name: str, split: str, root: Path, path: Optional[Path]) -> ImageSet:
     """The official ``train`` or ``test`` split, from the cache or built once."""
-    if name == "shapes":
-        return load_shapes(split)
-    key = imagefolder_key(path) if name == "imagefolder" else name
+    key = {"imagefolder": imagefolder_key(path) if path else "", "shapes": f"shapes-v{SHAPES_VERSION}"}.get(name, name)
     cpath = cache_path(root, key, split)
     data = load_cache(cpath)
     if data is None:
-        if name == "imagefolder":
+        if name == "shapes":  # generating takes seconds; loading the cache a fraction of one
+            data = load_shapes(split)
+        elif name == "imagefolder":
             if path is None:
                 raise ValueError("dataset 'imagefolder' needs path=<folder or .tar.gz with train/ and test/>")
             data = read_imagefolder(Path(path), split, "imagefolder")

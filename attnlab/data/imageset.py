@@ -77,6 +77,8 @@ def load_cache(path: Path) -> Optional[ImageSet]:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         data = ImageSet(blob["images"], blob["labels"], list(blob["classes"]), blob["name"],
                         blob["split"], blob.get("masks"))
+        if data.masks is not None and data.masks.shape != (len(data), *data.shape[1:]):
+            raise ValueError(f"masks of shape {tuple(data.masks.shape)} do not match the images")
         if blob["checksum"] != _checksum(data.images, data.labels):
             raise ValueError("checksum mismatch")
     except Exception as exc:  # noqa: BLE001 - any failure to read means: rebuild

@@ -20,6 +20,7 @@ SHAPE_CLASSES = [
     "plus", "cross", "bar", "frame", "hourglass",
 ]
 SIZE = 32
+SHAPES_VERSION = 1  # bump when the generator changes, so stale caches are not reused
 SPLIT_SEEDS = {"train": 1000, "test": 2000}
 SPLIT_SIZES = {"train": 12000, "test": 2000}
 
