@@ -4,6 +4,7 @@
     data list | data import NAME --from DIR
     train --model M --dataset D ...       one run through the run store (--json: last line)
     runs                                  the finished runs as a table (--json)
+    ablate --model M --grid K=V1,V2 ...   a grid of runs over seeds: mean and spread
     bench [--quick] [--cifar-quick]       speed and memory ratios, measured in one process
     reproduce --profile P --dataset D     every notebook with papermill, then a summary
 
@@ -140,15 +141,20 @@ def cmd_data_import(args) -> int:
 
 # -- train -------------------------------------------------------------------------------
 
-def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train (or load from the run store) one model")
+def _add_config_args(p) -> None:
+    """The options that make up a RunConfig, shared by ``train`` and ``ablate``."""
     p.add_argument("--model", required=True, help="a name from attnlab.list_models()")
     p.add_argument("--dataset", default="shapes")
     p.add_argument("--recipe", default="he2016")
     p.add_argument("--profile", default="quick", help="smoke, quick or full")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model-kw", type=_json_dict, default={}, metavar="JSON",
                    help='model keywords, e.g. \'{"attn": "cbam"}\'')
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train (or load from the run store) one model")
+    _add_config_args(p)
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--recipe-kw", type=_json_dict, default={}, metavar="JSON",
                    help='recipe overrides, e.g. \'{"lr": 0.05}\'')
     p.add_argument("--data-kw", type=_json_dict, default={}, metavar="JSON",
@@ -208,6 +214,50 @@ def cmd_train(args) -> int:
                      "val_acc": m["val_acc"], "epochs": m["epochs"], "wall_s": m["wall_s"],
                      "device": m["device"], "precision": m["precision"], "cached": cached,
                      "run_dir": str(run.dir)})
+    return 0
+
+
+# -- ablate ------------------------------------------------------------------------------
+
+def _grid_axis(text: str) -> tuple[str, list]:
+    """argparse type for ``--grid merge=plain,residual`` (values parsed as JSON if they can be)."""
+    key, sep, values = text.partition("=")
+    if not sep or not key or not values:
+        raise argparse.ArgumentTypeError(f"expected KEY=V1,V2,..., got {text!r}")
+
+    def parse(v: str):
+        try:
+            return json.loads(v)
+        except json.JSONDecodeError:
+            return v
+
+    return key, [parse(v) for v in values.split(",")]
+
+
+def _add_ablate(sub) -> None:
+    p = sub.add_parser("ablate", help="train or load a grid of runs over seeds; mean and spread")
+    _add_config_args(p)
+    p.add_argument("--grid", type=_grid_axis, action="append", required=True, metavar="KEY=V1,V2",
+                   help="a grid axis: a RunConfig field (model, recipe, ...) or a model keyword "
+                        "(merge, reduction, ...); repeat for more axes")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--json", action="store_true", help="last line: the table as a JSON list")
+    p.set_defaults(func=cmd_ablate)
+
+
+def cmd_ablate(args) -> int:
+    from .ablate import ablate, grid_configs
+    from .runs import RunConfig
+
+    base = RunConfig(args.model, args.dataset, args.recipe, args.profile, model_kw=args.model_kw)
+    grid = dict(args.grid)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for _, config in grid_configs(base, grid):
+        _check_config(config, "auto")
+    table = ablate(base, grid, seeds, progress=not args.json)
+    print(table.to_string(index=False))
+    if args.json:
+        _print_json(table.to_dict(orient="records"))
     return 0
 
 
@@ -320,7 +370,8 @@ EXAMPLES = """examples:
   python -m attnlab bench --quick
   python -m attnlab reproduce --profile quick --dataset shapes"""
 
-COMMANDS: list[Callable] = [_add_info, _add_data, _add_train, _add_runs, _add_bench, _add_reproduce]
+COMMANDS: list[Callable] = [_add_info, _add_data, _add_train, _add_ablate, _add_runs, _add_bench,
+                            _add_reproduce]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,7 +43,7 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
     if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
-        return obj.item()
+        obj = obj.item()  # numpy and torch scalars
     if isinstance(obj, float) and obj != obj:
         return None  # NaN is not JSON
     if isinstance(obj, (str, int, float, bool)) or obj is None:

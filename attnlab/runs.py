@@ -26,7 +26,7 @@ from .hardware import environment
 from .models import create_model
 from .paths import runs_root
 from .recipes import get_profile, get_recipe
-from .train import fit
+from .train import fit, seed_everything
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,7 @@ def train_or_load(config: RunConfig, runs_dir: str | Path | None = None, *, use_
     data = load_data(config.dataset, **get_profile(config.profile).data_kwargs(config.dataset),
                      **config.data_kw)
     recipe = get_recipe(config.recipe, config.profile, config.dataset, **config.recipe_kw)
+    seed_everything(config.seed)  # the initial weights belong to the config too
     model = create_model(config.model, num_classes=data.num_classes, in_channels=data.in_channels,
                          **config.model_kw)
     ckpt = run_dir / "checkpoint.pt"

@@ -90,12 +90,18 @@ def make_optimizer(model: nn.Module, r: Recipe) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
 
 
+def milestone_epoch(fraction: float, epochs: int) -> int:
+    """First (0-based) epoch at the lower rate: 0.5 of 182 is 91 and 0.75 of 182 is 136, as
+    in the papers; never 0, so a one-epoch run does not start at the reduced rate."""
+    return max(1, int(fraction * epochs + 1e-9))
+
+
 def lr_factor(r: Recipe, step: int, steps_per_epoch: int) -> float:
     """Multiplier of ``r.lr`` at optimiser step ``step`` (one mechanism for all schedules)."""
     total = r.epochs * steps_per_epoch
     if r.schedule == "step":  # drops at epoch boundaries, as in the papers
         epoch = step // steps_per_epoch
-        return r.gamma ** sum(epoch >= round(m * r.epochs) for m in r.milestones)
+        return r.gamma ** sum(epoch >= milestone_epoch(m, r.epochs) for m in r.milestones)
     if r.schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
     if r.schedule == "onecycle":

@@ -227,3 +227,15 @@ def test_reproduce_notebook_glob(tmp_path, monkeypatch):
     assert _notebooks_dir(Namespace(notebooks="02*.ipynb", notebooks_dir="/x/nb")) == (Path("/x/nb"), "02*.ipynb")
     folder, pattern = _notebooks_dir(Namespace(notebooks="[0-9][0-9]*.ipynb", notebooks_dir=None))
     assert folder.name == "notebooks" and pattern == "[0-9][0-9]*.ipynb"
+
+
+def test_ablate_command(capsys, runs):
+    code, out, _ = run_cli(capsys, "ablate", "--model", "resnet20_cbam", "--profile", "smoke",
+                           "--grid", "reduction=8,16", "--seeds", "0", "--json")
+    assert code == 0
+    rows = last_json(out)
+    assert [r["reduction"] for r in rows] == [8, 16] and all(r["seeds"] == 1 for r in rows)
+    code, _, err = run_cli(capsys, "ablate", "--model", "resnet20_cbam", "--grid", "ratio=8")
+    assert code == 2 and "ratio" in err and "allowed" in err
+    code, _, err = run_cli(capsys, "ablate", "--model", "resnet20", "--grid", "merge")
+    assert code == 2 and "KEY=V1,V2" in err

@@ -74,3 +74,12 @@ def test_list_runs_is_one_frame(tmp_path):
     df = list_runs(tmp_path)
     assert len(df) == 2 and set(df["seed"]) == {0, 1}
     assert {"model", "dataset", "test_acc", "val_acc", "params", "dir"} <= set(df.columns)
+
+
+def test_same_config_gives_the_same_run_whatever_ran_before(tmp_path):
+    import torch
+
+    a = train_or_load(smoke(), tmp_path / "a", progress=False)
+    torch.rand(1000)  # disturb the global RNG, as earlier notebook cells would
+    b = train_or_load(smoke(), tmp_path / "b", progress=False)
+    assert a.history["train_loss"].tolist() == b.history["train_loss"].tolist()

@@ -137,3 +137,17 @@ def test_gates_are_logged_per_epoch(tiny_data):
     h = fit(create_model("resnet20_selfatt"), tiny_data, small_recipe(epochs=1), progress=False)
     gates = h.gates()
     assert list(gates.columns) == ["epoch", "gate:attn1", "gate:attn2", "gate:attn3"]
+
+
+def test_one_epoch_run_starts_at_the_full_rate():
+    r = get_recipe("he2016", "smoke")
+    assert lr_factor(r, 0, 4) == 1.0
+
+
+def test_cnntention_milestones_are_the_papers_epochs():
+    from attnlab.train import milestone_epoch
+
+    r = get_recipe("cnntention_att")
+    assert [milestone_epoch(m, r.epochs) for m in r.milestones] == [91, 115]
+    r = get_recipe("cnntention_cbam")
+    assert [milestone_epoch(m, r.epochs) for m in r.milestones] == [45, 91, 136]

@@ -1,0 +1,116 @@
+"""The numbered notebooks: committed without outputs, one ``parameters`` cell, and each
+runs end to end at the ``smoke`` profile on ``shapes`` within two minutes.
+
+Every ``notebooks/[0-9][0-9]*.ipynb`` is picked up, so later notebooks are covered
+without editing this file. The notebooks run one after another (never in parallel: two
+torch processes on a 2-core CPU slow each other down many times over); the kernel
+inherits ``os.environ``, so ``ATTNLAB_RUNS`` from ``conftest.py`` keeps their runs in a
+temporary store.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import re
+from numbers import Real
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from attnlab.reproduce import NOTEBOOK_PATTERN, execute_notebook
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob(NOTEBOOK_PATTERN))
+IDS = [nb.stem for nb in NOTEBOOKS]
+
+CELL_TIMEOUT_S = 120
+NOTEBOOK_BUDGET_S = 120
+REQUIRED_PARAMETERS = {"PROFILE", "DATASET", "OUT_DIR"}
+
+# Keys every notebook's results.json has, plus those of particular notebooks.
+COMMON_KEYS = {"dataset", "profile"}
+RESULT_KEYS = {
+    "00_getting_started": {"test_acc", "val_acc", "wall_s", "n_train", "env"},
+    "01_resnet_baseline": {"recipe", "seeds", "test_acc", "test_acc_mean", "test_acc_std", "params",
+                           "published", "mnist", "env"},
+}
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, f"no notebooks matching {NOTEBOOK_PATTERN} in {NOTEBOOKS_DIR}"
+
+
+def assigned_names(source: str) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+        names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_committed_clean_with_one_parameters_cell(path):
+    nb = nbformat.read(str(path), as_version=4)
+    dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count"))]
+    assert not dirty, f"{path.name}: code cells {dirty} have outputs or an execution count; clear them before committing"
+    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters', need exactly one"
+    assert tagged[0].cell_type == "code"
+    names = assigned_names(tagged[0].source)
+    missing = REQUIRED_PARAMETERS - names
+    assert not missing, f"{path.name}: the parameters cell does not define {sorted(missing)}"
+    assert all(n.isupper() for n in names), f"{path.name}: parameters must be UPPER_CASE, got {sorted(names)}"
+
+
+def accuracies(obj, key: str = ""):
+    """``(key, value)`` for every number stored under a key naming an accuracy (``*acc*``),
+    published figures (quoted in percent) excluded."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if "published" in str(k):
+                continue
+            # values of a dict under an accuracy key (per-class accuracies) are accuracies too
+            yield from accuracies(v, key if "acc" in key and "acc" not in str(k) else str(k))
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from accuracies(v, key)
+    elif "acc" in key and isinstance(obj, Real) and not isinstance(obj, bool):
+        yield key, obj
+
+
+def error_cells(executed: Path) -> str:
+    """The tracebacks saved in an executed notebook, for the failure message."""
+    if not executed.exists():
+        return ""
+    nb = nbformat.read(str(executed), as_version=4)
+    out = []
+    for c in nb.cells:
+        for o in c.get("outputs", []):
+            if o.get("output_type") == "error":
+                out.append(re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(o.get("traceback", []))))
+    return "\n".join(out)[-6000:]
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_runs_at_smoke(path, tmp_path):
+    # execute_notebook: papermill, cwd = notebooks/, parameters PROFILE, DATASET and
+    # OUT_DIR (= tmp_path / <stem>), a per-cell timeout; it never raises, it reports.
+    run = execute_notebook(path, tmp_path, "smoke", "shapes", kernel_name="python3",
+                           cell_timeout=CELL_TIMEOUT_S)
+    print(f"{path.name}: {run['status']} in {run['wall_s']:.1f} s")
+    assert run["status"] == "ok", f"{path.name} failed: {run['error']}\n{error_cells(tmp_path / path.name)}"
+
+    results = json.loads((tmp_path / path.stem / "results.json").read_text())
+    missing = (COMMON_KEYS | RESULT_KEYS.get(path.stem, set())) - set(results)
+    assert not missing, f"{path.name}: results.json lacks {sorted(missing)}"
+    assert (results["profile"], results["dataset"]) == ("smoke", "shapes"), "parameters were not injected"
+    accs = list(accuracies(results))
+    if path.stem in RESULT_KEYS:
+        assert any(k == "test_acc" for k, _ in accs), f"{path.name}: no test_acc in results.json"
+    bad = [(k, v) for k, v in accs if not 0.0 <= v <= 1.0]
+    assert not bad, f"{path.name}: accuracies outside [0, 1]: {bad}"
+    assert run["wall_s"] < NOTEBOOK_BUDGET_S, \
+        f"{path.name} took {run['wall_s']:.1f} s at profile smoke; the budget is {NOTEBOOK_BUDGET_S} s"
