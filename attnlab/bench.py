@@ -384,7 +384,7 @@ def run_benchmarks(quick: bool = False, cifar: bool = False, device: str = "auto
     _log("fit vs a bare loop")
     r["fit"] = bench_fit(dataset, dev, prec, s)
     if cifar:
-        _log("ResNet-20, quick profile, CIFAR-10 (about 15 minutes)")
+        _log("ResNet-20, quick profile, CIFAR-10 (about 20 minutes on a 2-core CPU)")
         r["cifar"] = bench_cifar()
     r["targets"] = _targets(r)
     r["wall_s"] = time.perf_counter() - t0

@@ -23,7 +23,7 @@ import torch
 from . import __version__
 from .data import load_data
 from .hardware import environment
-from .models import create_model
+from .models import create_model, model_defaults
 from .paths import runs_root
 from .recipes import get_profile, get_recipe
 from .train import fit, seed_everything
@@ -50,7 +50,9 @@ class RunConfig:
 
     @property
     def key(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        # Hash the model's full keyword set, so {} and the defaults spelled out share a run.
+        d = {**self.to_dict(), "model_kw": {**model_defaults(self.model), **self.model_kw}}
+        blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
     @property

@@ -83,3 +83,10 @@ def test_same_config_gives_the_same_run_whatever_ran_before(tmp_path):
     torch.rand(1000)  # disturb the global RNG, as earlier notebook cells would
     b = train_or_load(smoke(), tmp_path / "b", progress=False)
     assert a.history["train_loss"].tolist() == b.history["train_loss"].tolist()
+
+
+def test_default_model_keywords_share_the_run():
+    plain = RunConfig(model="resnet20_selfatt")
+    spelled = RunConfig(model="resnet20_selfatt", model_kw={"merge": "weighted", "scale": 1.0})
+    assert plain.key == spelled.key
+    assert plain.key != RunConfig(model="resnet20_selfatt", model_kw={"merge": "plain"}).key

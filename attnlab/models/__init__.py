@@ -31,6 +31,17 @@ def describe_models() -> dict[str, str]:
     return dict(_DESCRIPTIONS)
 
 
+def model_defaults(name: str) -> dict:
+    """The keyword defaults of model ``name`` (so ``{}`` and the defaults spelled out are
+    recognised as the same model, e.g. by the run store)."""
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(_MODELS)}")
+    params = inspect.signature(_MODELS[name]).parameters
+    return {k: p.default for k, p in params.items()
+            if k not in ("num_classes", "in_channels") and not k.startswith("_")
+            and p.default is not inspect.Parameter.empty}
+
+
 def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kw) -> nn.Module:
     """Build model ``name``; unknown names or keywords raise an error listing what is valid."""
     if name not in _MODELS:
@@ -39,7 +50,7 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kw) -
     params = inspect.signature(fn).parameters
     unknown = sorted(set(kw) - set(params))
     if unknown:
-        allowed = [p for p in params if p not in ("num_classes", "in_channels")]
+        allowed = [p for p in params if p not in ("num_classes", "in_channels") and not p.startswith("_")]
         raise TypeError(f"model {name!r} got unknown keyword(s) {unknown}; allowed: {allowed}")
     return fn(num_classes=num_classes, in_channels=in_channels, **kw)
 
@@ -108,4 +119,4 @@ def _register_cnntention() -> None:
 _register_resnets()
 _register_cnntention()
 
-__all__ = ["create_model", "list_models", "register_model", "describe_models", "CifarResNet", "BasicBlock"]
+__all__ = ["create_model", "model_defaults", "list_models", "register_model", "describe_models", "CifarResNet", "BasicBlock"]
