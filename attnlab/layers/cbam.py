@@ -63,9 +63,10 @@ class ChannelAttention(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        avg = x.mean((2, 3))  # B, C
-        mx = x.amax((2, 3))  # B, C
-        return torch.sigmoid(self.mlp(avg) + self.mlp(mx))  # B, C
+        b = x.shape[0]
+        pooled = torch.cat([x.mean((2, 3)), x.amax((2, 3))])  # 2B, C: avg then max
+        scores = self.mlp(pooled)  # one pass of the shared MLP over both descriptors
+        return torch.sigmoid(scores[:b] + scores[b:])  # B, C
 
 
 class SpatialAttention(nn.Module):
