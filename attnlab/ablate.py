@@ -53,14 +53,16 @@ def ablate(base: RunConfig, grid: dict[str, Iterable[Any]], seeds: Iterable[int]
     if not aggregate or frame.empty:
         return frame
     keys = [k for k in grid]
-    agg = frame.groupby(keys, sort=False).agg(
+    agg = frame.groupby(keys, sort=False, dropna=False).agg(
         **{f"{m}_{s}": (m, s) for m in metrics for s in ("mean", "std")},
         seeds=("seed", "count"), wall_s=("wall_s", "sum"))
     return agg.reset_index()
 
 
 def _label(value: Any) -> Any:
-    """Grid values must be hashable to group by; dicts become sorted strings."""
+    """Grid values must be hashable to group by; dicts and lists become strings."""
     if isinstance(value, dict):
         return ",".join(f"{k}={v}" for k, v in sorted(value.items()))
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
     return value

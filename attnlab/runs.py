@@ -107,7 +107,7 @@ class Run:
             history = pd.read_csv(run_dir / "history.csv")
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, pd.errors.ParserError) as exc:
+        except (ValueError, KeyError, TypeError, pd.errors.ParserError) as exc:
             warnings.warn(f"run {run_dir} is unreadable ({exc}); it will be trained again")
             return None
         return cls(RunConfig(**cfg), run_dir, metrics, history)
@@ -128,15 +128,17 @@ def train_or_load(config: RunConfig, runs_dir: str | Path | None = None, *, use_
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_json(run_dir / "config.json", config.to_dict())
     _write_json(run_dir / "env.json", environment(device, config.precision))
-    data = load_data(config.dataset, **get_profile(config.profile).data_kwargs(config.dataset),
-                     **config.data_kw)
+    # the config's own data options override the profile's subsets
+    data = load_data(config.dataset, **{**get_profile(config.profile).data_kwargs(config.dataset),
+                                        **config.data_kw})
     recipe = get_recipe(config.recipe, config.profile, config.dataset, **config.recipe_kw)
     seed_everything(config.seed)  # the initial weights belong to the config too
     model = create_model(config.model, num_classes=data.num_classes, in_channels=data.in_channels,
                          **config.model_kw)
     ckpt = run_dir / "checkpoint.pt"
-    if not use_cache:
-        ckpt.unlink(missing_ok=True)
+    if not use_cache:  # the old result must not outlive a retrain that stops half-way
+        for stale in (ckpt, run_dir / "metrics.json", run_dir / "model.pt"):
+            stale.unlink(missing_ok=True)
     t0 = time.perf_counter()
     history = fit(model, data, recipe, device=device, precision=config.precision, seed=config.seed,
                   checkpoint=ckpt, progress=progress, live=live,

@@ -9,6 +9,7 @@ evaluated once, at the end, with the selected weights.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import os
 import random
@@ -223,13 +224,12 @@ class _Trainer:
         model, opt, loader = self.model, self.opt, self.train_loader
         model.train()
         loader.set_epoch(epoch)
+        lr = opt.param_groups[0]["lr"]  # the rate this epoch starts with (the schedule steps per batch)
         losses = torch.zeros(self.steps, device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         seen, checked = 0, 0
         t0 = time.perf_counter()
-        for i, (x, y) in enumerate(loader):
-            if i == self.steps:
-                break
+        for i, (x, y) in enumerate(itertools.islice(loader, self.steps)):
             with autocast(self.device, self.precision):
                 logits = model(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=self.recipe.label_smoothing)
@@ -250,7 +250,7 @@ class _Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-        return {"train_loss": float(losses[:i + 1].mean()), "train_acc": int(correct) / max(seen, 1),
+        return {"train_loss": float(losses[:i + 1].mean()), "train_acc": int(correct) / max(seen, 1), "lr": lr,
                 "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
 
     def check_finite(self, losses, start: int, stop: int, epoch: int) -> None:
@@ -266,8 +266,7 @@ class _Trainer:
     def end_epoch(self, epoch: int, row: dict) -> bool:
         """Validate, keep the best weights, checkpoint; True when training should stop."""
         val = evaluate(self.model, self.val_loader, self.precision, self.data.num_classes)
-        row.update(epoch=epoch + 1, val_loss=val["loss"], val_acc=val["acc"],
-                   lr=self.opt.param_groups[0]["lr"], **gate_values(self.model))
+        row.update(epoch=epoch + 1, val_loss=val["loss"], val_acc=val["acc"], **gate_values(self.model))
         h = self.history
         h.rows.append(row)
         if val["acc"] > h.best_val_acc or self.best_state is None:
@@ -292,7 +291,8 @@ class _Trainer:
         bar = tqdm(total=total, desc=type(self.model).__name__, leave=False,
                    disable=not self.progress or total == 0)
         try:
-            for epoch in range(self.start_epoch, r.epochs):
+            # a resumed run that had already stopped early stays stopped
+            for epoch in range(self.start_epoch, 0 if self.history.stopped_early else r.epochs):
                 bar.set_postfix_str(f"epoch {epoch + 1}/{r.epochs}")
                 row = self.train_epoch(epoch, bar)
                 if self.end_epoch(epoch, row):

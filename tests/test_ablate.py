@@ -25,3 +25,9 @@ def test_ablate_aggregates_over_seeds_and_reuses_the_store(tmp_path):
     mean = per_run[per_run["merge"] == "plain"]["test_acc"].mean()
     assert math.isclose(df.loc[0, "test_acc_mean"], mean)
     assert len(list(tmp_path.glob("*/metrics.json"))) == 4
+
+
+def test_none_and_list_grid_values_keep_their_rows(tmp_path):
+    base = RunConfig(model="resnet20", profile="smoke")
+    df = ablate(base, {"attn": [None, "se"]}, seeds=[0], runs_dir=tmp_path, progress=False)
+    assert len(df) == 2 and df["attn"].isna().tolist() == [True, False]

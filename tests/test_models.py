@@ -107,3 +107,12 @@ def test_model_returns_attention_maps_per_stage():
     assert logits.shape == (2, 10)
     assert maps["attn1"]["attn"].shape == (2, 8, 1, 1024)
     assert maps["attn3"]["attn"].shape == (2, 8, 1, 64)
+
+
+def test_in_block_attention_maps_are_returned_by_module_name():
+    m = create_model("resnet20_cbam", placement="block").eval()
+    _, maps = m(torch.randn(2, 3, 32, 32), return_attention=True)
+    assert len(maps) == 9 and maps["layer3.2.attn"]["spatial"].shape == (2, 1, 8, 8)
+    se = create_model("resnet20", attn="se").eval()
+    _, maps = se(torch.randn(2, 3, 32, 32), return_attention=True, query_index=5)
+    assert maps["attn2"]["channel"].shape == (2, 32) and maps["attn2"]["gate"] is None

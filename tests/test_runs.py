@@ -90,3 +90,20 @@ def test_default_model_keywords_share_the_run():
     spelled = RunConfig(model="resnet20_selfatt", model_kw={"merge": "weighted", "scale": 1.0})
     assert plain.key == spelled.key
     assert plain.key != RunConfig(model="resnet20_selfatt", model_kw={"merge": "plain"}).key
+
+
+def test_retrain_without_cache_drops_the_old_result_first(tmp_path, monkeypatch):
+    done = train_or_load(smoke(), tmp_path, progress=False)
+
+    def interrupted_fit(*a, callbacks=(), **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs_mod, "fit", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt):
+        train_or_load(smoke(), tmp_path, use_cache=False, progress=False)
+    assert runs_mod.Run.load(done.dir) is None
+
+
+def test_data_kw_overrides_the_profile_subset(tmp_path):
+    run = train_or_load(smoke(data_kw={"train_subset": 128}), tmp_path, progress=False)
+    assert run.metrics["n_train"] == 128

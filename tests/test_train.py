@@ -151,3 +151,17 @@ def test_cnntention_milestones_are_the_papers_epochs():
     assert [milestone_epoch(m, r.epochs) for m in r.milestones] == [91, 115]
     r = get_recipe("cnntention_cbam")
     assert [milestone_epoch(m, r.epochs) for m in r.milestones] == [45, 91, 136]
+
+
+def test_logged_lr_is_the_rate_the_epoch_trained_with(tiny_data):
+    recipe = small_recipe(epochs=4, schedule="step", milestones=(0.5,), max_steps_per_epoch=2)
+    h = fit(create_model("resnet20"), tiny_data, recipe, progress=False, evaluate_test=False)
+    assert [round(r["lr"], 6) for r in h.rows] == [0.05, 0.05, 0.005, 0.005]
+
+
+def test_resuming_an_early_stopped_run_does_not_train_on(tiny_data, tmp_path):
+    recipe = small_recipe(epochs=30, lr=1e-9, patience=2, schedule="constant", max_steps_per_epoch=1)
+    ckpt = tmp_path / "c.pt"
+    first = fit(create_model("resnet20"), tiny_data, recipe, checkpoint=ckpt, progress=False)
+    again = fit(create_model("resnet20"), tiny_data, recipe, checkpoint=ckpt, progress=False)
+    assert first.stopped_early and again.epochs == first.epochs and again.test

@@ -25,10 +25,12 @@ class SqueezeExcite(nn.Module):
         self.fc1 = nn.Conv2d(channels, hidden, 1, bias=bias)
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
+    def forward(self, x: torch.Tensor, return_attention: bool = False, query_index=None):
+        # query_index: accepted for the blocks' common interface; SE's gate has no queries
         s = x.mean((2, 3), keepdim=True)  # B, C, 1, 1
         gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
         out = self.merge(x * gate, x)
         if return_attention:
-            return out, {"channel": gate.flatten(1)}
+            return out, {"channel": gate.flatten(1),
+                         "gate": None if self.merge.gate is None else self.merge.gate.detach()}
         return out

@@ -55,9 +55,14 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
                                           nn.BatchNorm2d(planes))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, maps: Optional[dict] = None, name: str = "", **attn_kw) -> torch.Tensor:
+        """``maps``: when given, the in-block attention's maps are stored there under ``name``."""
         out = F.relu(self.bn1(self.conv1(x)))
-        out = self.attn(self.bn2(self.conv2(out)))
+        out = self.bn2(self.conv2(out))
+        if maps is not None and not isinstance(self.attn, nn.Identity):
+            out, maps[name] = self.attn(out, return_attention=True, **attn_kw)
+        else:
+            out = self.attn(out)
         return F.relu(out + self.shortcut(x))
 
 
@@ -108,13 +113,19 @@ class CifarResNet(nn.Module):
             )
 
     def forward(self, x: torch.Tensor, return_attention: bool = False, **attn_kw):
-        """Logits; with ``return_attention=True`` also ``{"attn1": maps, ...}`` from the
-        after-stage blocks (``attn_kw`` such as ``query_index`` is passed to them)."""
+        """Logits; with ``return_attention=True`` also the maps of every attention block,
+        keyed by module name: ``attn1..3`` after the stages, ``layer1.0.attn`` ... inside
+        blocks (``attn_kw`` such as ``query_index`` is passed to them)."""
         self.check_input(x)
         out = F.relu(self.bn1(self.conv1(x)))
         maps = {}
         for i in (1, 2, 3):
-            out = getattr(self, f"layer{i}")(out)
+            layer = getattr(self, f"layer{i}")
+            if return_attention:
+                for j, basic in enumerate(layer):
+                    out = basic(out, maps, f"layer{i}.{j}.attn", **attn_kw)
+            else:
+                out = layer(out)
             block = getattr(self, f"attn{i}")
             if return_attention and not isinstance(block, nn.Identity):
                 out, maps[f"attn{i}"] = block(out, return_attention=True, **attn_kw)
