@@ -50,8 +50,13 @@ class RunConfig:
 
     @property
     def key(self) -> str:
-        # Hash the model's full keyword set, so {} and the defaults spelled out share a run.
-        d = {**self.to_dict(), "model_kw": {**model_defaults(self.model), **self.model_kw}}
+        # Hash what determines the result, resolved: the model's full keyword set (so {} and
+        # the defaults spelled out share a run) and the recipe as scaled by the profile (so
+        # editing a recipe's definition, or spelling out its values, is seen for what it is).
+        d = self.to_dict()
+        d["model_kw"] = {**model_defaults(self.model), **self.model_kw}
+        d["recipe"] = get_recipe(self.recipe, self.profile, self.dataset, **self.recipe_kw).to_dict()
+        del d["recipe_kw"]
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 

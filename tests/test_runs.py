@@ -107,3 +107,14 @@ def test_retrain_without_cache_drops_the_old_result_first(tmp_path, monkeypatch)
 def test_data_kw_overrides_the_profile_subset(tmp_path):
     run = train_or_load(smoke(data_kw={"train_subset": 128}), tmp_path, progress=False)
     assert run.metrics["n_train"] == 128
+
+
+def test_key_follows_the_resolved_recipe(monkeypatch):
+    from dataclasses import replace
+
+    from attnlab import recipes
+
+    base_key = smoke().key
+    assert smoke(recipe_kw={"lr": recipes.RECIPES["he2016"].lr}).key == base_key
+    monkeypatch.setitem(recipes.RECIPES, "he2016", replace(recipes.RECIPES["he2016"], lr=0.05))
+    assert smoke().key != base_key  # a changed definition is a different run
