@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 from .runs import RunConfig, train_or_load
 
