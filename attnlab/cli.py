@@ -206,15 +206,21 @@ def cmd_train(args) -> int:
         return 130
     m = run.metrics
     print(f"{config.model} on {config.dataset} ({config.recipe}, {config.profile}, seed {config.seed})"
-          f"{' [from the run store]' if cached else ''}: test acc {m['test_acc']:.4f}, "
+          f"{' [from the run store]' if cached else ''}: test acc {m['test_acc']:.4f}"
+          f"{_flip_note(m)}, "
           f"val acc {m['val_acc']:.4f}, {m['epochs']} epochs, {m['wall_s']:.1f} s, {run.dir}")
     if args.json:
         _print_json({"model": config.model, "dataset": config.dataset, "recipe": config.recipe,
                      "profile": config.profile, "seed": config.seed, "test_acc": m["test_acc"],
-                     "val_acc": m["val_acc"], "epochs": m["epochs"], "wall_s": m["wall_s"],
+                     "test_acc_flip": m.get("test_acc_flip"), "val_acc": m["val_acc"], "epochs": m["epochs"], "wall_s": m["wall_s"],
                      "device": m["device"], "precision": m["precision"], "cached": cached,
                      "run_dir": str(run.dir)})
     return 0
+
+
+def _flip_note(metrics: dict) -> str:
+    flip = metrics.get("test_acc_flip")
+    return "" if flip is None else f" (flip TTA {flip:.4f})"
 
 
 # -- ablate ------------------------------------------------------------------------------

@@ -165,6 +165,7 @@ def _metrics(history, data, recipe, model, wall_s: float) -> dict:
         "test_acc": history.test["acc"], "test_top5": history.test["top5"],
         "test_loss": history.test["loss"], "test_per_class": history.test["per_class"],
         "test_confusion": history.test["confusion"],
+        "test_acc_flip": history.test_flip.get("acc"),  # None: trained without flips
         "val_acc": history.best_val_acc, "best_epoch": history.best_epoch,
         "epochs": history.epochs, "stopped_early": history.stopped_early,
         "wall_s": wall_s, "train_images_per_s": float(frame["images_per_s"].median()),

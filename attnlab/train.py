@@ -54,6 +54,8 @@ class History:
 
     rows: list[dict] = field(default_factory=list)
     test: dict = field(default_factory=dict)
+    #: the test split with flip test-time augmentation (only when training used flips)
+    test_flip: dict = field(default_factory=dict)
     best_epoch: int = 0
     best_val_acc: float = 0.0
     stopped_early: bool = False
@@ -122,8 +124,13 @@ def gate_values(model: nn.Module) -> dict[str, float]:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DeviceLoader, precision: str = "fp32",
-             num_classes: Optional[int] = None) -> dict:
-    """Loss, top-1, top-5, per-class accuracy and confusion matrix over ``loader``."""
+             num_classes: Optional[int] = None, flip: bool = False) -> dict:
+    """Loss, top-1, top-5, per-class accuracy and confusion matrix over ``loader``.
+
+    ``flip=True`` is horizontal-flip test-time augmentation: the class probabilities of
+    each image and its mirror image are averaged (twice the cost). It suits only models
+    trained with flips; :func:`fit` reports it beside the single-view test result.
+    """
     was_training = model.training
     model.eval()
     device = loader.device
@@ -134,7 +141,11 @@ def evaluate(model: nn.Module, loader: DeviceLoader, precision: str = "fp32",
     for x, y in loader:
         with autocast(device, precision):
             logits = model(x)
+            mirrored = model(x.flip(3)) if flip else None
         logits = logits.float()
+        if flip:  # log of the mean probability, so the loss stays a cross-entropy
+            logits = (torch.stack([logits.log_softmax(1), mirrored.float().log_softmax(1)])
+                      .logsumexp(0) - math.log(2))
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         top5 += (logits.topk(min(5, k), 1).indices == y[:, None]).any(1).sum()
         confusion += torch.bincount(y * k + logits.argmax(1), minlength=k * k).view(k, k)
@@ -313,6 +324,9 @@ class _Trainer:
             self.model.load_state_dict(self.best_state)
         test_loader = self.data.loader("test", 512, self.device)
         self.history.test = evaluate(self.model, test_loader, self.precision, self.data.num_classes)
+        if "flip" in self.train_loader.augment:
+            self.history.test_flip = evaluate(self.model, test_loader, self.precision,
+                                              self.data.num_classes, flip=True)
 
 
 def fit(model: nn.Module, data: DataSplits, recipe: Recipe, *, device: str = "auto",
@@ -330,7 +344,8 @@ def fit(model: nn.Module, data: DataSplits, recipe: Recipe, *, device: str = "au
     - ``callbacks``: called with the history after each epoch; raising
       ``KeyboardInterrupt`` in one stops like Ctrl-C.
     At the end the weights of the best validation epoch are restored and evaluated once
-    on the test split (``history.test``).
+    on the test split (``history.test``); when training used flips, also with flip
+    test-time augmentation (``history.test_flip``).
     """
     seed_everything(seed, deterministic)
     if live is None:

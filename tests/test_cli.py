@@ -196,9 +196,10 @@ def test_bench_command_tiny(capsys, runs, monkeypatch, tmp_path):
     names = [t["name"] for t in res["targets"]]
     assert any("loader" in n for n in names) and any("fit" in n for n in names)
     assert sum("step time" in n for n in names) == 3 and sum("memory" in n for n in names) == 3
-    assert any("CIFAR-10 quick test accuracy" in n for n in names)
+    assert sum("CIFAR-10 quick test accuracy" in n for n in names) == 2  # single view, flip TTA
     assert all(isinstance(t["passed"], bool) for t in res["targets"])
     assert res["cifar"]["dataset"] == "shapes" and 0 <= res["cifar"]["test_acc"] <= 1
+    assert 0 <= res["cifar"]["test_acc_flip"] <= 1
     assert "Targets:" in out and ("PASS" in out or "FAIL" in out)
 
 

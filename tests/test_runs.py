@@ -13,6 +13,7 @@ def smoke(**kw):
 def test_run_is_stored_and_then_loaded_from_cache(tmp_path, monkeypatch):
     run = train_or_load(smoke(), tmp_path, progress=False)
     assert run.finished and 0 <= run.metrics["test_acc"] <= 1
+    assert 0 <= run.metrics["test_acc_flip"] <= 1  # shapes trains with flips
     for f in ("config.json", "env.json", "history.csv", "metrics.json", "model.pt"):
         assert (run.dir / f).exists(), f
     assert not (run.dir / "checkpoint.pt").exists()

@@ -165,3 +165,27 @@ def test_resuming_an_early_stopped_run_does_not_train_on(tiny_data, tmp_path):
     first = fit(create_model("resnet20"), tiny_data, recipe, checkpoint=ckpt, progress=False)
     again = fit(create_model("resnet20"), tiny_data, recipe, checkpoint=ckpt, progress=False)
     assert first.stopped_early and again.epochs == first.epochs and again.test
+
+
+def test_flip_evaluation_averages_image_and_mirror_probabilities(tiny_data):
+    from attnlab.train import evaluate
+
+    torch.manual_seed(0)
+    model = create_model("resnet20").eval()
+    loader = tiny_data.loader("test", 50)
+    got = evaluate(model, loader, "fp32", 10, flip=True)
+    with torch.no_grad():
+        x, y = tiny_data.loader("test", len(tiny_data.test)).__iter__().__next__()
+        p = (model(x).softmax(1) + model(torch.flip(x, dims=[3])).softmax(1)) / 2
+    assert got["acc"] == pytest.approx(float((p.argmax(1) == y).float().mean()))
+    assert got["loss"] == pytest.approx(float(nn.functional.nll_loss(p.log(), y)), rel=1e-4)
+    single = evaluate(model, loader, "fp32", 10)
+    assert got["loss"] != pytest.approx(single["loss"])
+
+
+def test_flip_test_result_only_for_models_trained_with_flips(tiny_data):
+    h = fit(create_model("resnet20"), tiny_data, small_recipe(epochs=1), progress=False)
+    assert tiny_data.augment == "crop_flip" and h.test_flip["n"] == h.test["n"]
+    plain = load_data("shapes", train_subset=256, eval_subset=128, augment="crop")
+    h = fit(create_model("resnet20"), plain, small_recipe(epochs=1), progress=False)
+    assert h.test and h.test_flip == {}
