@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from .hardware import environment
+from .paths import atomic_path
 
 
 def setup(device: str = "auto", precision: str = "auto") -> dict:
@@ -56,9 +56,8 @@ def save_results(out_dir: str | Path, results: dict) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
-    tmp = path.with_name(f"results.json.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(_jsonable({**results, "written": time.strftime("%Y-%m-%d %H:%M:%S")}),
-                              indent=2))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_jsonable({**results, "written": time.strftime("%Y-%m-%d %H:%M:%S")}),
+                                  indent=2))
     print(f"wrote {path}")
     return path

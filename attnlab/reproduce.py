@@ -27,6 +27,7 @@ from typing import Any, NamedTuple, Optional
 
 from .data import dataset_info
 from .hardware import environment
+from .paths import atomic_path
 from .recipes import get_profile
 
 NOTEBOOK_PATTERN = "[0-9][0-9]*.ipynb"
@@ -115,9 +116,8 @@ def failed_notebooks(report_dir: str | Path) -> list[str]:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 # -- reading a report ----------------------------------------------------------------------

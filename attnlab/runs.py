@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +22,7 @@ from . import __version__
 from .data import load_data
 from .hardware import environment
 from .models import create_model, model_defaults
-from .paths import runs_root
+from .paths import atomic_path, runs_root
 from .recipes import get_profile, get_recipe
 from .train import fit, seed_everything
 
@@ -69,15 +67,13 @@ class RunConfig:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str))
 
 
 def _write_csv(path: Path, frame) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 @dataclass
@@ -144,22 +140,20 @@ def train_or_load(config: RunConfig, runs_dir: str | Path | None = None, *, use_
     if not use_cache:  # the old result must not outlive a retrain that stops half-way
         for stale in (ckpt, run_dir / "metrics.json", run_dir / "model.pt"):
             stale.unlink(missing_ok=True)
-    t0 = time.perf_counter()
     history = fit(model, data, recipe, device=device, precision=config.precision, seed=config.seed,
                   checkpoint=ckpt, progress=progress, live=live,
                   callbacks=[lambda h: _write_csv(run_dir / "history.csv", h.to_frame())])
     if history.interrupted:
         return Run(config, run_dir, {}, history.to_frame())
     _write_csv(run_dir / "history.csv", history.to_frame())
-    tmp = run_dir / "model.pt.tmp"
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, run_dir / "model.pt")
-    _write_json(run_dir / "metrics.json", _metrics(history, data, recipe, model, time.perf_counter() - t0))
+    with atomic_path(run_dir / "model.pt") as tmp:
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
+    _write_json(run_dir / "metrics.json", _metrics(history, data, recipe, model))
     ckpt.unlink(missing_ok=True)
     return Run.load(run_dir)
 
 
-def _metrics(history, data, recipe, model, wall_s: float) -> dict:
+def _metrics(history, data, recipe, model) -> dict:
     frame = history.to_frame()
     return {
         "test_acc": history.test["acc"], "test_top5": history.test["top5"],
@@ -168,7 +162,7 @@ def _metrics(history, data, recipe, model, wall_s: float) -> dict:
         "test_acc_flip": history.test_flip.get("acc"),  # None: trained without flips
         "val_acc": history.best_val_acc, "best_epoch": history.best_epoch,
         "epochs": history.epochs, "stopped_early": history.stopped_early,
-        "wall_s": wall_s, "train_images_per_s": float(frame["images_per_s"].median()),
+        "wall_s": history.elapsed_s, "train_images_per_s": float(frame["images_per_s"].median()),
         "params": sum(p.numel() for p in model.parameters()),
         "num_classes": data.num_classes, "in_channels": data.in_channels, "classes": data.classes,
         "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),

@@ -25,6 +25,7 @@ from torch import nn
 
 from .data import DataSplits, DeviceLoader
 from .hardware import autocast, resolve_device, resolve_precision
+from .paths import atomic_path
 from .recipes import Recipe, validate_recipe
 
 
@@ -60,6 +61,8 @@ class History:
     best_val_acc: float = 0.0
     stopped_early: bool = False
     interrupted: bool = False
+    #: seconds spent training and evaluating, summed over the sessions of a resumed run
+    elapsed_s: float = 0.0
     device: str = ""
     precision: str = ""
 
@@ -158,9 +161,8 @@ def evaluate(model: nn.Module, loader: DeviceLoader, precision: str = "fp32",
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -196,6 +198,7 @@ class _Trainer:
         self.best_state = None
         self.bad_epochs = 0
         self.start_epoch = 0
+        self.elapsed_before, self.t_start = 0.0, time.perf_counter()
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.progress, self.callbacks, self.live = progress, list(callbacks), live
         # Checking the loss every batch costs a device sync; on a GPU check in blocks.
@@ -227,6 +230,7 @@ class _Trainer:
         self.sched.load_state_dict(ck["sched"])
         self.scaler.load_state_dict(ck["scaler"])
         self.history, self.best_state, self.bad_epochs = ck["history"], ck["best_state"], ck["bad_epochs"]
+        self.elapsed_before = self.history.elapsed_s
         self.start_epoch = ck["epoch"]
         torch.set_rng_state(ck["torch_rng"])
 
@@ -277,7 +281,9 @@ class _Trainer:
     def end_epoch(self, epoch: int, row: dict) -> bool:
         """Validate, keep the best weights, checkpoint; True when training should stop."""
         val = evaluate(self.model, self.val_loader, self.precision, self.data.num_classes)
-        row.update(epoch=epoch + 1, val_loss=val["loss"], val_acc=val["acc"], **gate_values(self.model))
+        self.clock()
+        row.update(epoch=epoch + 1, val_loss=val["loss"], val_acc=val["acc"], elapsed_s=self.history.elapsed_s,
+                   **gate_values(self.model))
         h = self.history
         h.rows.append(row)
         if val["acc"] > h.best_val_acc or self.best_state is None:
@@ -294,10 +300,14 @@ class _Trainer:
             self.live.update(h)
         return stop
 
+    def clock(self) -> None:
+        self.history.elapsed_s = self.elapsed_before + time.perf_counter() - self.t_start
+
     def run(self, evaluate_test: bool) -> History:
         from tqdm.auto import tqdm
 
         r = self.recipe
+        self.t_start = time.perf_counter()
         total = (r.epochs - self.start_epoch) * self.steps
         bar = tqdm(total=total, desc=type(self.model).__name__, leave=False,
                    disable=not self.progress or total == 0)
@@ -317,6 +327,7 @@ class _Trainer:
             bar.close()
         if evaluate_test:
             self.final_test()
+        self.clock()
         return self.history
 
     def final_test(self) -> None:

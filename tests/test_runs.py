@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from attnlab import RunConfig, list_runs, train_or_load
 from attnlab import runs as runs_mod
@@ -57,8 +58,14 @@ def test_interrupted_run_resumes(tmp_path, monkeypatch):
     partial = train_or_load(cfg, tmp_path, progress=False)
     assert not partial.finished and (partial.dir / "checkpoint.pt").exists()
     monkeypatch.setattr(runs_mod, "fit", real_fit)
+    ckpt = torch.load(partial.dir / "checkpoint.pt", weights_only=False)
+    assert ckpt["history"].elapsed_s > 0
+    ckpt["history"].elapsed_s = 1000.0  # as if the first session had taken 1000 s
+    torch.save(ckpt, partial.dir / "checkpoint.pt")
     done = train_or_load(cfg, tmp_path, progress=False)
     assert done.finished and done.metrics["epochs"] == 2 and len(done.history) == 2
+    # the wall time adds both sessions up; so does the per-epoch clock
+    assert done.metrics["wall_s"] > done.history["elapsed_s"].iloc[1] > 1000.0
 
 
 def test_corrupt_metrics_means_retrain(tmp_path):

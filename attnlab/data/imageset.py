@@ -1,13 +1,14 @@
 """An image dataset held as one uint8 tensor, and its on-disk cache."""
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
+
+from ..paths import atomic_path
 
 
 @dataclass
@@ -59,13 +60,12 @@ def save_cache(data: ImageSet, path: Path) -> None:
     """Write atomically: a crash mid-write leaves the old file (or none), never half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    torch.save({
-        "images": data.images, "labels": data.labels, "classes": data.classes,
-        "masks": data.masks, "name": data.name, "split": data.split,
-        "checksum": _checksum(data.images, data.labels), "format": 1,
-    }, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({
+            "images": data.images, "labels": data.labels, "classes": data.classes,
+            "masks": data.masks, "name": data.name, "split": data.split,
+            "checksum": _checksum(data.images, data.labels), "format": 1,
+        }, tmp)
 
 
 def load_cache(path: Path) -> Optional[ImageSet]:
