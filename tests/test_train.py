@@ -120,7 +120,7 @@ def test_unknown_recipe_profile_and_field():
 
 def test_profiles_scale_recipes():
     assert get_recipe("he2016", "full").epochs == 182
-    assert get_recipe("he2016", "quick", "cifar10").epochs == 17
+    assert get_recipe("he2016", "quick", "cifar10").epochs == 16
     smoke = get_recipe("cnntention_att", "smoke", "shapes")
     assert smoke.epochs == 1 and smoke.max_steps_per_epoch == 4 and smoke.patience >= 2
 
