@@ -16,6 +16,9 @@ median over rounds.
   and CBAM relative to ResNet-20 (targets 2.5x, 8x, 1.3x) and their extra peak memory
   (target under 0.5 GiB each); in the full mode also SelfAtt with the explicit
   ``softmax(q k^T) v`` that the fused kernel replaced, for scale.
+- evaluation memory: each attention model evaluated in a fresh process as ``fit`` does
+  (batches of 512), plus GradCAM on 128 images and attention maps, as the notebooks draw
+  them; the process's peak resident memory. Target: under 3 GiB.
 - cifar (``cifar=True``): ResNet-20 at the ``quick`` profile on CIFAR-10 through the run
   store. Target: at least 86% test accuracy within 20 minutes.
 
@@ -26,7 +29,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -58,11 +63,12 @@ class Settings:
     fit_steps: int         # steps per epoch in the fit-vs-loop comparison
     explicit: bool         # also time the explicit-matrix SelfAtt
     batch_size: int = BATCH  # the targets are stated at 128; tests use less
+    eval_images: int = 1024  # test images per model in the evaluation-memory check
 
     @classmethod
     def for_mode(cls, quick: bool) -> "Settings":
         if quick:
-            return cls(rounds=2, steps=1, loader_batches=5, fit_steps=4, explicit=False)
+            return cls(rounds=2, steps=1, loader_batches=5, fit_steps=4, explicit=False, eval_images=512)
         return cls(rounds=3, steps=3, loader_batches=10, fit_steps=15, explicit=True)
 
 
@@ -73,6 +79,7 @@ ATTENTION_MODELS = [
     ("cbam", {"attn": "cbam"}, 1.3),
 ]
 EXTRA_MEMORY_LIMIT = 0.5 * GIB
+EVAL_RSS_LIMIT = 3 * GIB
 
 
 def _log(msg: str) -> None:
@@ -320,7 +327,59 @@ def bench_attention(device: torch.device, precision: str, s: Settings) -> dict:
             "rows": rows}
 
 
-# -- e. ResNet-20 on CIFAR-10 at the quick profile ---------------------------------------
+# -- e. evaluation memory ----------------------------------------------------------------
+
+def eval_peak_memory(model: str, dataset: str, images: int, device: str = "auto",
+                     precision: str = "auto") -> dict:
+    """Meant for a fresh process: evaluate ``model`` (a row of :func:`_attention_models`)
+    as ``fit`` does, draw GradCAM and attention maps as the notebooks do, and return
+    the process's peak resident memory (and the GPU's, on CUDA)."""
+    from .explain import attention_maps, gradcam
+
+    dev = resolve_device(device)
+    data = load_data(dataset, eval_subset=images)
+    data_peak = _peak_rss_bytes()  # decoding the cache: a floor shared by every model
+    net = _attention_models()[model][0].to(dev)
+    evaluate(net, data.loader("test", 512, dev), resolve_precision(precision, dev), data.num_classes)
+    x, _ = next(iter(data.loader("test", 128, dev)))
+    gradcam(net, x, "layer3")
+    if model != "resnet20":
+        attention_maps(net, x[:8], query=(16, 16))
+    out = {"model": model, "images": len(data.test), "data_peak_GiB": data_peak / GIB,
+           "peak_rss_GiB": _peak_rss_bytes() / GIB}
+    if dev.type == "cuda":
+        out["peak_cuda_GiB"] = torch.cuda.max_memory_allocated(dev) / GIB
+    return out
+
+
+def _peak_rss_bytes() -> int:
+    """This process's peak resident memory. Linux's ``ru_maxrss`` carries the parent's peak
+    over fork and exec, so read the high-water mark of this address space instead."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        import resource  # macOS reports bytes, other systems KiB
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+def bench_eval_memory(dataset: str, device: torch.device, precision: str, s: Settings) -> dict:
+    """:func:`eval_peak_memory` for each model, each in its own process (a clean peak)."""
+    rows = []
+    for model in ["resnet20"] + [name for name, _, _ in ATTENTION_MODELS]:
+        code = ("import json; from attnlab.bench import eval_peak_memory; "
+                f"print(json.dumps(eval_peak_memory({model!r}, {dataset!r}, {s.eval_images}, "
+                f"{str(device)!r}, {precision!r})))")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"evaluation-memory check of {model} failed:\n{done.stderr[-2000:]}")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return {"dataset": dataset, "eval_batch": 512, "gradcam_batch": 128, "rows": rows}
+
+
+# -- f. ResNet-20 on CIFAR-10 at the quick profile ---------------------------------------
 
 def bench_cifar(dataset: str = "cifar10", profile: str = "quick", recipe: str = "onecycle",
                 model: str = "resnet20", runs_dir=None, progress: bool = True) -> dict:
@@ -362,6 +421,10 @@ def _targets(r: dict) -> list[dict]:
             if row["extra_GiB"] is not None:
                 t.append(_target(f"{row['model']} extra peak memory (GiB)", row["extra_GiB"], "<",
                                  EXTRA_MEMORY_LIMIT / GIB))
+    for row in (r.get("eval_memory") or {}).get("rows", []):
+        if row["model"] != "resnet20":
+            t.append(_target(f"{row['model']} evaluation, process peak memory (GiB)", row["peak_rss_GiB"],
+                             "<", EVAL_RSS_LIMIT / GIB))
     c = r.get("cifar") or {}
     if "test_acc" in c:
         t.append(_target("CIFAR-10 quick test accuracy, single view", c["test_acc"], ">=", 0.86))
@@ -390,6 +453,8 @@ def run_benchmarks(quick: bool = False, cifar: bool = False, device: str = "auto
     r["loader"] = bench_loader(train, dev, r["attention"]["resnet20_step_ms"] / 1000, s)
     _log("fit vs a bare loop")
     r["fit"] = bench_fit(dataset, dev, prec, s)
+    _log("evaluation memory of each model, each in a fresh process")
+    r["eval_memory"] = bench_eval_memory(dataset, dev, prec, s)
     if cifar:
         _log("ResNet-20, quick profile, CIFAR-10 (about 20 minutes on a 2-core CPU)")
         r["cifar"] = bench_cifar()
@@ -428,6 +493,12 @@ def format_report(r: dict) -> str:
     f = r["fit"]
     out += ["", f"fit vs bare loop ({f['steps']} steps, {f['precision']}): fit {f['fit_images_per_s']:.0f} img/s, "
                 f"bare {f['bare_images_per_s']:.0f} img/s, ratio {f['ratio']:.3f}"]
+    e = r.get("eval_memory")
+    if e:
+        out += ["", f"Evaluation in a fresh process ({e['dataset']}, batches of {e['eval_batch']}, "
+                    f"GradCAM on {e['gradcam_batch']} images, attention maps), peak resident memory:"]
+        out += _table(e["rows"], [("model", "model", ""), ("images", "images", "d"),
+                                  ("data_peak_GiB", "after loading data", ".2f"), ("peak_rss_GiB", "peak GiB", ".2f")])
     c = r.get("cifar")
     if c:
         out += ["", "ResNet-20, quick profile, CIFAR-10: " + (c["skipped"] if "skipped" in c else

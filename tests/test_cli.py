@@ -12,7 +12,8 @@ from attnlab import bench
 from attnlab.cli import main
 from attnlab.data import DataUnavailableError
 
-TINY = bench.Settings(rounds=1, steps=1, loader_batches=1, fit_steps=2, explicit=True, batch_size=8)
+TINY = bench.Settings(rounds=1, steps=1, loader_batches=1, fit_steps=2, explicit=True, batch_size=8,
+                      eval_images=32)
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -195,7 +196,10 @@ def test_bench_command_tiny(capsys, runs, monkeypatch, tmp_path):
     assert models[:4] == ["resnet20", "selfatt", "mha", "cbam"] and "explicit" in models[4]
     names = [t["name"] for t in res["targets"]]
     assert any("loader" in n for n in names) and any("fit" in n for n in names)
-    assert sum("step time" in n for n in names) == 3 and sum("memory" in n for n in names) == 3
+    assert sum("step time" in n for n in names) == 3 and sum("extra peak memory" in n for n in names) == 3
+    assert sum("evaluation, process peak memory" in n for n in names) == 3
+    assert [r["model"] for r in res["eval_memory"]["rows"]] == ["resnet20", "selfatt", "mha", "cbam"]
+    assert all(0 < r["peak_rss_GiB"] < 64 for r in res["eval_memory"]["rows"])
     assert sum("CIFAR-10 quick test accuracy" in n for n in names) == 2  # single view, flip TTA
     assert all(isinstance(t["passed"], bool) for t in res["targets"])
     assert res["cifar"]["dataset"] == "shapes" and 0 <= res["cifar"]["test_acc"] <= 1
