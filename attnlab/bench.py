@@ -69,7 +69,7 @@ class Settings:
     def for_mode(cls, quick: bool) -> "Settings":
         if quick:
             return cls(rounds=2, steps=1, loader_batches=5, fit_steps=4, explicit=False, eval_images=512)
-        return cls(rounds=3, steps=3, loader_batches=10, fit_steps=15, explicit=True)
+        return cls(rounds=5, steps=3, loader_batches=10, fit_steps=15, explicit=True)
 
 
 #: (name, create_model keywords, max step time relative to ResNet-20)
