@@ -125,39 +125,55 @@ def gate_values(model: nn.Module) -> dict[str, float]:
             if getattr(m, "gate", None) is not None and isinstance(m.gate, nn.Parameter)}
 
 
+class _Tally:
+    """Running loss, top-5 hits and confusion matrix of one way of predicting."""
+
+    def __init__(self, k: int, device: torch.device):
+        self.k = k
+        self.confusion = torch.zeros(k, k, dtype=torch.long, device=device)
+        self.loss_sum = torch.zeros((), device=device)
+        self.top5 = torch.zeros((), device=device)
+
+    def add(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        k = self.k
+        self.loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        self.top5 += (logits.topk(min(5, k), 1).indices == y[:, None]).any(1).sum()
+        self.confusion += torch.bincount(y * k + logits.argmax(1), minlength=k * k).view(k, k)
+
+    def result(self) -> dict:
+        conf = self.confusion.cpu()
+        n = int(conf.sum())
+        per_class = (conf.diag() / conf.sum(1).clamp_min(1)).tolist()
+        return {"loss": float(self.loss_sum) / max(n, 1), "acc": float(conf.diag().sum()) / max(n, 1),
+                "top5": float(self.top5) / max(n, 1), "per_class": per_class, "confusion": conf.tolist(),
+                "n": n}
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DeviceLoader, precision: str = "fp32",
              num_classes: Optional[int] = None, flip: bool = False) -> dict:
     """Loss, top-1, top-5, per-class accuracy and confusion matrix over ``loader``.
 
-    ``flip=True`` is horizontal-flip test-time augmentation: the class probabilities of
-    each image and its mirror image are averaged (twice the cost). It suits only models
-    trained with flips; :func:`fit` reports it beside the single-view test result.
+    ``flip=True`` adds, under ``"flip"``, the same metrics with horizontal-flip test-time
+    augmentation: the class probabilities of each image and its mirror image averaged
+    (one more forward pass per batch). It suits only models trained with flips;
+    :func:`fit` reports it beside the single-view test result.
     """
     was_training = model.training
     model.eval()
     device = loader.device
     k = num_classes or int(loader.labels.max()) + 1
-    confusion = torch.zeros(k, k, dtype=torch.long, device=device)
-    loss_sum = torch.zeros((), device=device)
-    top5 = torch.zeros((), device=device)
+    single, flipped = _Tally(k, device), _Tally(k, device)
     for x, y in loader:
         with autocast(device, precision):
-            logits = model(x)
-            mirrored = model(x.flip(3)) if flip else None
-        logits = logits.float()
+            logits = model(x).float()
+            mirrored = model(x.flip(3)).float() if flip else None
+        single.add(logits, y)
         if flip:  # log of the mean probability, so the loss stays a cross-entropy
-            logits = (torch.stack([logits.log_softmax(1), mirrored.float().log_softmax(1)])
-                      .logsumexp(0) - math.log(2))
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        top5 += (logits.topk(min(5, k), 1).indices == y[:, None]).any(1).sum()
-        confusion += torch.bincount(y * k + logits.argmax(1), minlength=k * k).view(k, k)
+            flipped.add(torch.stack([logits.log_softmax(1), mirrored.log_softmax(1)]).logsumexp(0)
+                        - math.log(2), y)
     model.train(was_training)
-    n = int(confusion.sum())
-    conf = confusion.cpu()
-    per_class = (conf.diag() / conf.sum(1).clamp_min(1)).tolist()
-    return {"loss": float(loss_sum) / max(n, 1), "acc": float(conf.diag().sum()) / max(n, 1),
-            "top5": float(top5) / max(n, 1), "per_class": per_class, "confusion": conf.tolist(), "n": n}
+    return {**single.result(), **({"flip": flipped.result()} if flip else {})}
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -198,7 +214,7 @@ class _Trainer:
         self.best_state = None
         self.bad_epochs = 0
         self.start_epoch = 0
-        self.elapsed_before, self.t_start = 0.0, time.perf_counter()
+        self.elapsed_before = 0.0  # seconds of the sessions before a resume
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.progress, self.callbacks, self.live = progress, list(callbacks), live
         # Checking the loss every batch costs a device sync; on a GPU check in blocks.
@@ -334,10 +350,10 @@ class _Trainer:
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         test_loader = self.data.loader("test", 512, self.device)
-        self.history.test = evaluate(self.model, test_loader, self.precision, self.data.num_classes)
-        if "flip" in self.train_loader.augment:
-            self.history.test_flip = evaluate(self.model, test_loader, self.precision,
-                                              self.data.num_classes, flip=True)
+        test = evaluate(self.model, test_loader, self.precision, self.data.num_classes,
+                        flip="flip" in self.train_loader.augment)
+        self.history.test_flip = test.pop("flip", {})
+        self.history.test = test
 
 
 def fit(model: nn.Module, data: DataSplits, recipe: Recipe, *, device: str = "auto",

@@ -173,7 +173,8 @@ def test_flip_evaluation_averages_image_and_mirror_probabilities(tiny_data):
     torch.manual_seed(0)
     model = create_model("resnet20").eval()
     loader = tiny_data.loader("test", 50)
-    got = evaluate(model, loader, "fp32", 10, flip=True)
+    both = evaluate(model, loader, "fp32", 10, flip=True)
+    got = both["flip"]
     with torch.no_grad():
         x, y = tiny_data.loader("test", len(tiny_data.test)).__iter__().__next__()
         p = (model(x).softmax(1) + model(torch.flip(x, dims=[3])).softmax(1)) / 2
@@ -181,6 +182,7 @@ def test_flip_evaluation_averages_image_and_mirror_probabilities(tiny_data):
     assert got["loss"] == pytest.approx(float(nn.functional.nll_loss(p.log(), y)), rel=1e-4)
     single = evaluate(model, loader, "fp32", 10)
     assert got["loss"] != pytest.approx(single["loss"])
+    assert {k: v for k, v in both.items() if k != "flip"} == single  # one pass gives both
 
 
 def test_flip_test_result_only_for_models_trained_with_flips(tiny_data):
