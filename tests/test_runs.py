@@ -85,8 +85,6 @@ def test_list_runs_is_one_frame(tmp_path):
 
 
 def test_same_config_gives_the_same_run_whatever_ran_before(tmp_path):
-    import torch
-
     a = train_or_load(smoke(), tmp_path / "a", progress=False)
     torch.rand(1000)  # disturb the global RNG, as earlier notebook cells would
     b = train_or_load(smoke(), tmp_path / "b", progress=False)

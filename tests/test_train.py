@@ -176,7 +176,7 @@ def test_flip_evaluation_averages_image_and_mirror_probabilities(tiny_data):
     both = evaluate(model, loader, "fp32", 10, flip=True)
     got = both["flip"]
     with torch.no_grad():
-        x, y = tiny_data.loader("test", len(tiny_data.test)).__iter__().__next__()
+        x, y = next(iter(tiny_data.loader("test", len(tiny_data.test))))
         p = (model(x).softmax(1) + model(torch.flip(x, dims=[3])).softmax(1)) / 2
     assert got["acc"] == pytest.approx(float((p.argmax(1) == y).float().mean()))
     assert got["loss"] == pytest.approx(float(nn.functional.nll_loss(p.log(), y)), rel=1e-4)
