@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from . import cost
 from .data import DataSplits, ImageSet, cached_datasets, channel_stats, load_data
 from .hardware import autocast, environment, resolve_device, resolve_precision
-from .models import create_model
+from .layers.sdpa import explicit_attention
+from .papers import create_model
 from .recipes import get_recipe
 from .train import evaluate, fit, seed_everything
 
@@ -119,24 +120,6 @@ def _alternate(contenders: dict[str, Callable[[], float]], rounds: int) -> dict[
         for name in names[r % len(names):] + names[:r % len(names)]:
             values[name].append(contenders[name]())
     return {k: _median(v) for k, v in values.items()}
-
-
-@contextlib.contextmanager
-def explicit_attention() -> Iterator[None]:
-    """Make the attention blocks build the N x N matrix, ``softmax(q k^T s) v``, as the
-    straightforward formulation does; only to show what the fused kernel saves."""
-    from .layers import selfatt  # attend() looks _fused up at call time, in this module
-
-    fused = selfatt._fused
-
-    def explicit(q, k, v, scale, multiple=None):
-        return torch.softmax((q @ k.transpose(-2, -1)) * scale, dim=-1) @ v
-
-    selfatt._fused = explicit
-    try:
-        yield
-    finally:
-        selfatt._fused = fused
 
 
 # -- a. loaders --------------------------------------------------------------------------

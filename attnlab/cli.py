@@ -170,7 +170,7 @@ def _check_config(config, device: str) -> None:
     """Raise on a bad name or keyword before the run folder is made or data is loaded."""
     from .data import dataset_info
     from .hardware import resolve_device, resolve_precision
-    from .models import create_model, list_models
+    from .papers import create_model, list_models
     from .recipes import get_recipe
 
     if config.model not in list_models():

@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .hardware import autocast, resolve_device, resolve_precision
+from .papers import create_model
 
 aten = torch.ops.aten
 
@@ -228,8 +229,6 @@ Models = Union[dict[str, nn.Module], Sequence[str]]
 def _as_models(models: Models, num_classes: int, in_channels: int) -> dict[str, nn.Module]:
     if isinstance(models, dict):
         return dict(models)
-    from .models import create_model
-
     return {name: create_model(name, num_classes=num_classes, in_channels=in_channels) for name in models}
 
 

@@ -36,25 +36,9 @@ class Recipe:
 SCHEDULES = ("step", "cosine", "onecycle", "constant")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in [
-    Recipe("he2016", "sgd", 0.1, 1e-4, 182, "step", (0.5, 0.75),
-           source="He et al. 2016 sec. 4.2: 64k iterations, lr/10 at 32k and 48k"),
-    Recipe("adam", "adam", 1e-3, 1e-4, 182, "cosine", source="Adam, coupled L2, cosine decay"),
-    Recipe("adamw", "adamw", 1e-3, 4e-3, 45, "constant",
-           source="Keras AdamW defaults (seed 003)"),
-    Recipe("cosine", "sgd", 0.1, 5e-4, 182, "cosine", nesterov=True,
-           source="SGD + Nesterov, cosine annealing"),
-    Recipe("onecycle", "sgd", 0.2, 5e-4, 30, "onecycle", nesterov=True, label_smoothing=0.1,
-           source="one-cycle (Smith 2018) with label smoothing 0.1: fast short schedules"),
-    # CNNtention (seed 000), REFERENCE.md section 2: 182 epochs, lr / 10 at 91 and 115
-    # (SelfAtt, MHA) or 45, 91, 136 (CBAM); early stopping patience 20.
-    Recipe("cnntention_att", "adam", 5e-4, 1e-3, 182, "step", (91 / 182, 115 / 182), patience=20,
-           source="seed 000 SelfAtt/MHA: Adam 5e-4, coupled L2 1e-3, lr/10 at epochs 91, 115"),
-    Recipe("cnntention_cbam", "adam", 5e-3, 1e-4, 182, "step", (45 / 182, 91 / 182, 136 / 182),
-           patience=20, source="seed 000 CBAM: Adam 5e-3, coupled L2 1e-4, lr/10 at 45, 91, 136"),
-    Recipe("cnntention_shared", "adam", 1e-3, 1e-4, 182, "cosine", patience=20,
-           source="one recipe for every seed-000 model, so comparisons differ in the model only"),
-]}
+#: every recipe by name; each paper module registers the recipes it contributes
+#: (:mod:`attnlab.papers`), so a recipe is defined once, beside the paper that used it
+RECIPES: dict[str, Recipe] = {}
 
 
 @dataclass(frozen=True)

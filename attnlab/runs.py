@@ -18,10 +18,10 @@ from typing import Optional
 
 import torch
 
-from . import __version__
+from .version import __version__
 from .data import load_data
 from .hardware import environment
-from .models import create_model, model_defaults
+from .papers import create_model, resolve_model
 from .paths import atomic_path, runs_root
 from .recipes import get_profile, get_recipe
 from .train import fit, seed_everything
@@ -48,11 +48,12 @@ class RunConfig:
 
     @property
     def key(self) -> str:
-        # Hash what determines the result, resolved: the model's full keyword set (so {} and
-        # the defaults spelled out share a run) and the recipe as scaled by the profile (so
-        # editing a recipe's definition, or spelling out its values, is seen for what it is).
+        # Hash what determines the result, resolved: the model's complete settings, nested
+        # block options included (so {} and the defaults spelled out, flat or in attn_kw,
+        # share a run) and the recipe as scaled by the profile (so editing a recipe's
+        # definition, or spelling out its values, is seen for what it is).
         d = self.to_dict()
-        d["model_kw"] = {**model_defaults(self.model), **self.model_kw}
+        d["model_kw"] = resolve_model(self.model, **self.model_kw)
         d["recipe"] = get_recipe(self.recipe, self.profile, self.dataset, **self.recipe_kw).to_dict()
         del d["recipe_kw"]
         blob = json.dumps(d, sort_keys=True, default=str)

@@ -7,20 +7,26 @@ Channel attention then spatial attention, both multiplicative:
 - ``Ms = sigmoid(conv7x7([max_c F'; mean_c F']))`` (max first, as in the paper and
   its code); ``F'' = Ms * F'``.
 
-Defaults follow seed 000's code (CNNtention, arXiv 2412.11657, REFERENCE.md section 2):
+Defaults follow the CNNtention authors' code (arXiv 2412.11657):
 MLP without bias, 7x7 conv with bias and no BatchNorm. The official CBAM code
 (github.com/Jongchan/attention-module) uses an MLP with bias and a conv without bias
 followed by ``BatchNorm2d(1, momentum=0.01)``. Both are offered as keyword presets::
 
-    CBAM(64, **SEED000)    # == CBAM(64)
+    CBAM(64, **CNNTENTION)    # == CBAM(64)
     CBAM(64, **OFFICIAL)   # == CBAM.official(64)
 
 Deviation from both codes: ``hidden = C // r`` is raised to 1 when it would be 0 (with
-a warning). Seed 000's "CBAM-32" had C=16, r=32 in stage 1, i.e. 0 hidden units, so
+a warning). CNNtention's "CBAM-32" had C=16, r=32 in stage 1, i.e. 0 hidden units, so
 its channel attention there was a constant ``sigmoid(0) = 0.5``.
 
-Placement (after each stage as in seed 000, or inside every residual block before the
+The merge with the input: the CBAM paper's block rescales its input (``merge="plain"``,
+the block default). The CNNtention authors' block ends with a residual,
+``out = Ms * Mc * F + F`` (``merge="residual"``, their CBAM models' setting; their
+released r=16 checkpoint gives the same logits only with it).
+
+Placement (after each stage as in CNNtention, or inside every residual block before the
 addition as in the CBAM paper) is the model's business; this is just the block.
+Maps (through :func:`.maps.collect_maps`): ``channel`` (Mc), ``spatial`` (Ms), ``gate``.
 """
 from __future__ import annotations
 
@@ -30,12 +36,12 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .maps import MapSource
 from .merge import Merge
-from .selfatt import _gate
-from . import register_attn
+from .registry import register_attn
 
-#: seed 000's code (the defaults)
-SEED000 = dict(mlp_bias=False, spatial_bn=False, spatial_bias=None)
+#: the CNNtention authors' code (the defaults)
+CNNTENTION = dict(mlp_bias=False, spatial_bn=False, spatial_bias=None)
 #: the official CBAM code
 OFFICIAL = dict(mlp_bias=True, spatial_bn=True, spatial_bias=None)
 
@@ -49,7 +55,7 @@ class ChannelAttention(nn.Module):
         if hidden < 1:
             warnings.warn(
                 f"CBAM: channels // reduction = {channels} // {reduction} = 0 hidden units; "
-                "using 1. Seed 000's CBAM-32 (C=16, r=32) silently lost its stage-1 channel "
+                "using 1. CNNtention's CBAM-32 (C=16, r=32) silently lost its stage-1 channel "
                 "attention this way (Mc was a constant 0.5).",
                 stacklevel=3,
             )
@@ -93,20 +99,20 @@ class SpatialAttention(nn.Module):
 
 
 @register_attn("cbam")
-class CBAM(nn.Module):
+class CBAM(MapSource, nn.Module):
     """Channel then spatial attention, ``out = merge(Ms * (Mc * x), x)``.
 
-    With the defaults (seed 000) the block has ``2*C*hidden + 99`` parameters: 969 for
+    With the defaults (CNNtention's code) the block has ``2*C*hidden + 99`` parameters: 969 for
     C = 16, 32, 64 at r = 16 together.
 
     Args:
         channels: input and output channels ``C``.
         reduction: MLP reduction ``r``; ``hidden = max(1, C // r)`` (warns if raised).
-        mlp_bias: bias in the shared MLP (seed 000: False, official: True).
-        spatial_bn: BatchNorm after the spatial conv (seed 000: False, official: True).
+        mlp_bias: bias in the shared MLP (CNNtention: False, official: True).
+        spatial_bn: BatchNorm after the spatial conv (CNNtention: False, official: True).
         spatial_bias: bias of the spatial conv; ``None`` means ``not spatial_bn``.
         kernel_size: spatial conv size (7 in the paper).
-        merge: ``plain`` (default, the paper's rescaling) / ``residual`` / ``weighted``.
+        merge: ``plain`` (default, the CBAM paper's rescaling) / ``residual`` (CNNtention) / ``weighted``.
     """
 
     def __init__(
@@ -129,12 +135,12 @@ class CBAM(nn.Module):
         """The official CBAM code's variant: MLP with bias, conv without bias + BN."""
         return cls(channels, **{**OFFICIAL, **kw})
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False, query_index=None):
-        # query_index is accepted for a uniform interface; CBAM maps are not per-query
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         mc = self.channel(x)  # B, C
         f1 = x * mc[:, :, None, None]  # B, C, H, W
         ms = self.spatial(f1)  # B, 1, H, W
-        out = self.merge(f1 * ms, x)
-        if return_attention:
-            return out, {"channel": mc, "spatial": ms, "gate": _gate(self.merge)}
-        return out
+        if self.collecting:
+            self.emit("channel", mc)
+            self.emit("spatial", ms)
+            self.emit("gate", self.merge.gate)
+        return self.merge(f1 * ms, x)

@@ -1,6 +1,6 @@
 """How an attention block's output F(x) is merged with its input x.
 
-CNNtention (arXiv 2412.11657) compares three merges, REFERENCE.md section 2:
+CNNtention (arXiv 2412.11657) compares three merges:
 
 - ``plain``:    out = F(x)              (the paper's first, unstable version, Fig. 5)
 - ``residual``: out = F(x) + x          (Eq. 2)

@@ -4,12 +4,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .maps import MapSource
 from .merge import Merge
-from . import register_attn
+from .registry import register_attn
 
 
 @register_attn("se")
-class SqueezeExcite(nn.Module):
+class SqueezeExcite(MapSource, nn.Module):
     """Channel gate ``x * sigmoid(W2 relu(W1 avgpool(x)))``.
 
     The paper's block rescales its input, so the default merge is ``plain``
@@ -25,12 +26,10 @@ class SqueezeExcite(nn.Module):
         self.fc1 = nn.Conv2d(channels, hidden, 1, bias=bias)
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False, query_index=None):
-        # query_index: accepted for the blocks' common interface; SE's gate has no queries
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean((2, 3), keepdim=True)  # B, C, 1, 1
-        gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
-        out = self.merge(x * gate, x)
-        if return_attention:
-            return out, {"channel": gate.flatten(1),
-                         "gate": None if self.merge.gate is None else self.merge.gate.detach()}
-        return out
+        gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))  # B, C, 1, 1
+        if self.collecting:
+            self.emit("channel", gate.flatten(1))
+            self.emit("gate", self.merge.gate)
+        return self.merge(x * gate, x)

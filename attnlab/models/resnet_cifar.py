@@ -6,12 +6,15 @@ subsample and zero-pad channels) is the paper's CIFAR choice; option B (1x1 conv
 is offered. Module names follow the common reference code (``conv1``, ``bn1``,
 ``layer1..3``, ``linear``) so its checkpoints load.
 
-Two places take an attention block from :func:`attnlab.layers.create_attn`:
+One add-on attention block (:func:`attnlab.layers.create_attn`) can be placed in two ways:
 
-- ``attn``: after each stage (``attn1..attn3``), CNNtention's placement
-  (arXiv 2412.11657, REFERENCE.md section 2);
-- ``block_attn``: inside every BasicBlock on the residual branch before the addition,
-  the SE and CBAM papers' placement.
+- ``placement="stage"``: after each stage listed in ``attn_stages`` (``attn1..attn3``),
+  CNNtention's placement (arXiv 2412.11657);
+- ``placement="block"``: inside every BasicBlock on the residual branch before the
+  addition, the SE and CBAM papers' placement.
+
+Initialisation: Kaiming normal, ``init="fan_in"`` (He et al. and the common CIFAR port)
+or ``init="fan_out"`` (the CNNtention authors' ``kaiming_normal_(mode="fan_out")``).
 """
 from __future__ import annotations
 
@@ -55,51 +58,69 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
                                           nn.BatchNorm2d(planes))
 
-    def forward(self, x: torch.Tensor, maps: Optional[dict] = None, name: str = "", **attn_kw) -> torch.Tensor:
-        """``maps``: when given, the in-block attention's maps are stored there under ``name``."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if maps is not None and not isinstance(self.attn, nn.Identity):
-            out, maps[name] = self.attn(out, return_attention=True, **attn_kw)
-        else:
-            out = self.attn(out)
+        out = self.attn(self.bn2(self.conv2(out)))
         return F.relu(out + self.shortcut(x))
 
 
+PLACEMENTS = ("stage", "block")
+INITS = ("fan_in", "fan_out")
+
+
 class CifarResNet(nn.Module):
-    """ResNet-(6n+2) for 32x32 inputs; ``in_channels=1`` gives the MNIST variant."""
+    """ResNet-(6n+2) for 32x32 inputs; ``in_channels=1`` gives the MNIST variant.
+
+    Args:
+        depth: 6n + 2 (20, 32, 44, 56, 110, ...).
+        shortcut: ``"A"`` (zero-pad, the paper's CIFAR choice) or ``"B"`` (1x1 conv + BN).
+        attn, attn_kw: an add-on attention block and its options (``None``: plain ResNet).
+        placement: ``"stage"`` (after stages) or ``"block"`` (inside every BasicBlock).
+        attn_stages: the stages (1-3) that get a block with ``placement="stage"``.
+        init: Kaiming normal with ``"fan_in"`` or ``"fan_out"``.
+    """
 
     def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3,
                  shortcut: str = "A", attn: Optional[str] = None, attn_kw: Optional[dict] = None,
-                 block_attn: Optional[str] = None, block_attn_kw: Optional[dict] = None,
-                 widths: tuple[int, int, int] = (16, 32, 64)):
+                 placement: str = "stage", attn_stages: tuple[int, ...] = (1, 2, 3),
+                 init: str = "fan_in", widths: tuple[int, int, int] = (16, 32, 64)):
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2 (20, 32, 44, 56, 110, ...), got {depth}")
         if shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' (zero-pad) or 'B' (1x1 conv), got {shortcut!r}")
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be 'stage' (after stages, CNNtention) or 'block' "
+                             f"(inside every residual block, the SE/CBAM papers), got {placement!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        stages = tuple(attn_stages)
+        if not set(stages) <= {1, 2, 3}:
+            raise ValueError(f"attn_stages must be a subset of (1, 2, 3), got {attn_stages!r}")
         n = (depth - 2) // 6
         self.in_channels, self.num_classes = in_channels, num_classes
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
+        in_block = attn if placement == "block" else None
         planes_in = widths[0]
         for i, (w, stride) in enumerate(zip(widths, (1, 2, 2)), start=1):
             blocks = []
             for j in range(n):
-                blocks.append(BasicBlock(planes_in, w, stride if j == 0 else 1, shortcut,
-                                         block_attn, block_attn_kw))
+                blocks.append(BasicBlock(planes_in, w, stride if j == 0 else 1, shortcut, in_block, attn_kw))
                 planes_in = w
             setattr(self, f"layer{i}", nn.Sequential(*blocks))
-            setattr(self, f"attn{i}", create_attn(attn, w, **(attn_kw or {})) or nn.Identity())
+            after = attn if placement == "stage" and i in stages else None
+            setattr(self, f"attn{i}", create_attn(after, w, **(attn_kw or {})) or nn.Identity())
         self.linear = nn.Linear(widths[-1], num_classes)
-        self._init_weights()
+        self._init_weights(init)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, init: str) -> None:
         # Kaiming normal on every conv and linear weight, attention blocks' 1x1 convs
         # included (as ``model.apply`` does in the reference code); scalar gates keep 0.
+        mode = "fan_out" if init == "fan_out" else "fan_in"
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.ndim > 1:
-                nn.init.kaiming_normal_(m.weight)
+                nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -112,24 +133,10 @@ class CifarResNet(nn.Module):
                 + ("; for MNIST use in_channels=1" if x.ndim == 4 and x.shape[1] != self.in_channels else "")
             )
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False, **attn_kw):
-        """Logits; with ``return_attention=True`` also the maps of every attention block,
-        keyed by module name: ``attn1..3`` after the stages, ``layer1.0.attn`` ... inside
-        blocks (``attn_kw`` such as ``query_index`` is passed to them)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        out = F.relu(self.bn1(self.conv1(x)))
-        maps = {}
-        for i in (1, 2, 3):
-            layer = getattr(self, f"layer{i}")
-            if return_attention:
-                for j, basic in enumerate(layer):
-                    out = basic(out, maps, f"layer{i}.{j}.attn", **attn_kw)
-            else:
-                out = layer(out)
-            block = getattr(self, f"attn{i}")
-            if return_attention and not isinstance(block, nn.Identity):
-                out, maps[f"attn{i}"] = block(out, return_attention=True, **attn_kw)
-            else:
-                out = block(out)
-        logits = self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
-        return (logits, maps) if return_attention else logits
+        out = F.relu(self.bn1(self.conv1(x)))  # B, 16, 32, 32
+        out = self.attn1(self.layer1(out))  # B, 16, 32, 32
+        out = self.attn2(self.layer2(out))  # B, 32, 16, 16
+        out = self.attn3(self.layer3(out))  # B, 64, 8, 8
+        return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))  # B, classes
