@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 PROFILE ?= quick
 DATASET ?= shapes
 
-.PHONY: demo test lab bench clean-reports venv
+.PHONY: demo test lab bench clean-reports venv gpu-check
 
 venv: $(STAMP)
 
@@ -32,6 +32,12 @@ lab: $(STAMP)
 ## speed and memory benchmarks (see README)
 bench: $(STAMP)
 	$(BIN)/python -m attnlab bench
+
+## on a CUDA machine, with no venv and no network: GPU tests, benchmark, timed quick CIFAR-10
+## run; report in reports/gpu-check. CIFAR= the offline copy (needed once, until cached).
+CIFAR ?=
+gpu-check:
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) -m attnlab.gpucheck --out reports/gpu-check $(if $(CIFAR),--cifar "$(CIFAR)")
 
 clean-reports:
 	rm -rf reports/

@@ -1,7 +1,7 @@
 """Ablations: a grid of configs times seeds, each trained or loaded through the run store.
 
-Attention gains on CIFAR are small and recipe-sensitive (REFERENCE.md section 7), so
-an ablation fixes everything but one factor and reports mean and spread over seeds.
+Attention gains on CIFAR are small and recipe-sensitive, so an ablation fixes everything
+but one factor and reports mean and spread over seeds.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import dataclasses
 import itertools
 from typing import Any, Iterable
 
-from .runs import RunConfig, train_or_load
+from .runs import RunConfig, check_seeds, train_or_load
 
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(RunConfig)} - {"seed"}
 
@@ -38,6 +38,7 @@ def ablate(base: RunConfig, grid: dict[str, Iterable[Any]], seeds: Iterable[int]
     """
     import pandas as pd
 
+    seeds = check_seeds(seeds)
     rows = []
     for point, cfg in grid_configs(base, grid):
         for seed in seeds:

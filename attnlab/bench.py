@@ -12,41 +12,49 @@ median over rounds.
 - fit: :func:`attnlab.fit` against a bare PyTorch loop on the same initial weights,
   batches and precision. Target: at least 0.95 of the bare loop's images/s.
 - precision: bf16 autocast against fp32 for a ResNet-20 step.
-- attention (issue 3, section 6): the step time of ResNet-20 with SelfAtt, 8-head MHA
-  and CBAM relative to ResNet-20 (targets 2.5x, 8x, 1.3x) and their extra peak memory
-  (target under 0.5 GiB each); in the full mode also SelfAtt with the explicit
-  ``softmax(q k^T) v`` that the fused kernel replaced, for scale.
-- evaluation memory: each attention model evaluated in a fresh process as ``fit`` does
-  (batches of 512), plus GradCAM on 128 images and attention maps, as the notebooks draw
-  them; the process's peak resident memory. Target: under 3 GiB.
+- papers' speed targets: every registered paper's :class:`~attnlab.papers.SpeedTarget`
+  (``attnlab.get_paper(id).targets``). The models compared with one reference model are
+  measured side by side in one run: training-step time relative to the reference and
+  extra peak memory of a step; a target with a limit passes or fails, one without is
+  measured only. In the full mode also, for each model with attention matrices that
+  fit :data:`EXPLICIT_BUDGET`, the explicit ``softmax(q k^T) v`` that the fused kernel
+  replaced (:func:`attnlab.layers.sdpa.explicit_attention`), for scale.
+- evaluation memory: each of those networks (at its registered settings) evaluated in a
+  fresh process as ``fit`` does (batches of 512), plus GradCAM on 128 images and
+  attention maps, as the notebooks draw them; the process's peak resident memory.
+  Target (all but the reference models): under 3 GiB.
 - cifar (``cifar=True``): ResNet-20 at the ``quick`` profile on CIFAR-10 through the run
   store. Target: at least 86% test accuracy within 20 minutes.
 
+Step time and peak memory are :mod:`attnlab.cost`'s measurements (one implementation).
 Everything in the result dict is plain JSON; :func:`format_report` prints it.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
+import importlib.util
 import json
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from . import cost
-from .data import DataSplits, ImageSet, cached_datasets, channel_stats, load_data
-from .hardware import autocast, environment, resolve_device, resolve_precision
+from .cost import step_seconds, sync
+from .data import DataSplits, DeviceLoader, ImageSet, cached_datasets, channel_stats, load_data
+from .explain import attention_maps, gradcam
+from .hardware import autocast, cpu_has_bf16, environment, resolve_device, resolve_precision
+from .layers import collect_maps
 from .layers.sdpa import explicit_attention
-from .papers import create_model
+from .papers import SpeedTarget, create_model, get_paper, list_papers
 from .recipes import get_recipe
+from .runs import RunConfig, train_or_load
 from .train import evaluate, fit, seed_everything
 
 BATCH = 128
@@ -56,13 +64,15 @@ CIFAR_HINT = "python -m attnlab data import cifar10 --from ../shared/datasets/ci
 
 @dataclass(frozen=True)
 class Settings:
-    """How long to measure: ``quick`` finishes in about a minute on a 2-core CPU."""
+    """How long to measure. ``quick`` takes one timed step per round and two rounds; its
+    length grows with the papers' speed targets (about 10 minutes with all six papers on a
+    busy 2-core CPU, most of it the larger models at batch 128)."""
 
     rounds: int            # alternating repeats; the medians are over these
     steps: int             # timed training steps per round and contender
     loader_batches: int    # timed batches per round and loader
     fit_steps: int         # steps per epoch in the fit-vs-loop comparison
-    explicit: bool         # also time the explicit-matrix SelfAtt
+    explicit: bool         # also time the explicit attention matrices
     batch_size: int = BATCH  # the targets are stated at 128; tests use less
     eval_images: int = 1024  # test images per model in the evaluation-memory check
 
@@ -73,24 +83,16 @@ class Settings:
         return cls(rounds=5, steps=3, loader_batches=10, fit_steps=15, explicit=True)
 
 
-#: (name, create_model keywords, max step time relative to ResNet-20)
-ATTENTION_MODELS = [
-    ("selfatt", {"attn": "selfatt"}, 2.5),
-    ("mha", {"attn": "mha", "attn_kw": {"num_heads": 8}}, 8.0),
-    ("cbam", {"attn": "cbam"}, 1.3),
-]
-EXTRA_MEMORY_LIMIT = 0.5 * GIB
 EVAL_RSS_LIMIT = 3 * GIB
+#: the explicit-matrix rows are skipped for models whose attention matrices (one forward
+#: pass at the benchmark's batch size, fp32) would take more than this
+EXPLICIT_BUDGET = 2 * GIB
+MEASURES = ("step_time", "extra_memory_gib")
 
 
 def _log(msg: str) -> None:
     # stderr, so that with --json the JSON object stays the last line of stdout
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def _median(xs: list[float]) -> float:
@@ -104,12 +106,11 @@ def _target(name: str, value: float, op: str, limit: float, unit: str = "") -> d
 
 # -- timing primitives -------------------------------------------------------------------
 
-def step_seconds(model: torch.nn.Module, device: torch.device, precision: str, steps: int,
-                 batch_size: int = BATCH, warmup: int = 1) -> float:
-    """Seconds per training step (forward, loss, backward, SGD) of a copy of ``model``."""
-    ips = cost.throughput(model, batch_size, device=device, precision=precision, train=True,
-                          steps=steps, warmup=warmup)
-    return batch_size / ips
+def _step_s(model: torch.nn.Module, device: torch.device, precision: str, s: Settings,
+            batch_size: Optional[int] = None, extra_steps: int = 0) -> float:
+    """:func:`attnlab.cost.step_seconds` with the benchmark's steps and one warm-up step."""
+    return step_seconds(model, batch_size or s.batch_size, device=device, precision=precision,
+                        steps=s.steps + extra_steps, warmup=1)
 
 
 def _alternate(contenders: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
@@ -170,20 +171,18 @@ def batch_seconds(loader, device: torch.device, rounds: int, batches: int, warmu
         next(it)
     out = []
     for _ in range(rounds):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         for _ in range(batches):
             x, y = next(it)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        _sync(device)
+        sync(device)
         out.append((time.perf_counter() - t0) / batches)
     return out
 
 
 def bench_loader(train: ImageSet, device: torch.device, step_s: float, s: Settings) -> dict:
     """Data time per batch of each loader and its share of (data + ResNet-20 step)."""
-    from .data import DeviceLoader
-
     mean, std = channel_stats(train)
     bs = s.batch_size
     need = s.rounds * s.loader_batches + 8
@@ -191,7 +190,8 @@ def bench_loader(train: ImageSet, device: torch.device, step_s: float, s: Settin
         raise ValueError(f"the loader benchmark needs {need * bs} images, got {len(train)}")
     loaders = {"attnlab DeviceLoader": (DeviceLoader(train, bs, mean=mean, std=std, shuffle=True,
                                                      augment="crop_flip", device=device), 1)}
-    for workers in (0, 2):
+    # a GPU machine's bare Python may lack torchvision: then attnlab's loader is timed alone
+    for workers in (0, 2) if importlib.util.find_spec("torchvision") else ():
         # warm-up covers every worker's first batch, which includes starting the worker
         loaders[f"torchvision DataLoader, {workers} workers"] = (
             torchvision_loader(train, mean, std, workers, bs), 2 * workers + 1)
@@ -217,7 +217,7 @@ def bare_loop_rate(model: torch.nn.Module, data: DataSplits, recipe, device: tor
     rate = 0.0
     for epoch in range(epochs):
         loader.set_epoch(epoch)
-        _sync(device)
+        sync(device)
         t0, seen = time.perf_counter(), 0
         for i, (x, y) in enumerate(loader):
             if i == recipe.max_steps_per_epoch:
@@ -228,7 +228,7 @@ def bare_loop_rate(model: torch.nn.Module, data: DataSplits, recipe, device: tor
             loss.backward()
             opt.step()
             seen += len(y)
-        _sync(device)
+        sync(device)
         rate = seen / (time.perf_counter() - t0)
     return rate
 
@@ -262,111 +262,177 @@ def bench_fit(dataset: str, device: torch.device, precision: str, s: Settings) -
 # -- c. precision ------------------------------------------------------------------------
 
 def bench_precision(device: torch.device, s: Settings) -> dict:
-    from .hardware import cpu_has_bf16
-
     model = create_model("resnet20")
-    times = _alternate({p: (lambda p=p: step_seconds(model, device, p, s.steps + 1, s.batch_size))
+    times = _alternate({p: (lambda p=p: _step_s(model, device, p, s, extra_steps=1))
                         for p in ("fp32", "bf16")}, s.rounds)
     native = cpu_has_bf16() if device.type == "cpu" else device.type == "cuda"
     return {"fp32_step_ms": 1000 * times["fp32"], "bf16_step_ms": 1000 * times["bf16"],
             "speedup": times["fp32"] / times["bf16"], "native_bf16": bool(native)}
 
 
-# -- d. attention blocks -----------------------------------------------------------------
+# -- d. the papers' speed targets --------------------------------------------------------
 
-def _bench_model(name: str) -> torch.nn.Module:
-    """``resnet20`` or one of :data:`ATTENTION_MODELS` by its short name."""
-    variants = {"resnet20": {}, **{n: kw for n, kw, _ in ATTENTION_MODELS}}
-    if name not in variants:
-        raise ValueError(f"unknown benchmark model {name!r}; allowed: {', '.join(variants)}")
-    return create_model("resnet20", **variants[name])
+def speed_targets() -> list[tuple[str, SpeedTarget]]:
+    """Every registered paper's speed targets, as ``(paper id, target)``."""
+    return [(pid, t) for pid in list_papers() for t in get_paper(pid).targets]
 
 
-def _attention_models() -> dict[str, tuple[torch.nn.Module, Optional[float]]]:
-    models = {"resnet20": (_bench_model("resnet20"), None)}
-    for name, _, limit in ATTENTION_MODELS:
-        models[name] = (_bench_model(name), limit)
-    return models
+def contender_name(model: str, model_kw: Optional[dict] = None) -> str:
+    """How a compared model is named in the report: the model, with its options if any."""
+    kw = model_kw or {}
+    return model if not kw else f"{model} ({', '.join(f'{k}={v}' for k, v in sorted(kw.items()))})"
 
 
-def _explicit_row(model: torch.nn.Module, device, precision, s: Settings, base: dict) -> dict:
+def _groups(targets: list[tuple[str, SpeedTarget]], batch_size: int) -> dict[tuple[str, int], dict]:
+    """``(reference, batch size) -> {name: (model, model_kw)}``, the reference first: the
+    models measured side by side in one comparison."""
+    groups: dict[tuple[str, int], dict] = {}
+    for pid, t in targets:
+        if t.measure not in MEASURES:
+            raise ValueError(f"speed target {t.name!r} of paper {pid!r}: unknown measure {t.measure!r}; "
+                             f"allowed: {', '.join(MEASURES)}")
+        group = groups.setdefault((t.reference, min(t.batch_size, batch_size)), {t.reference: (t.reference, {})})
+        group.setdefault(contender_name(t.model, t.model_kw), (t.model, dict(t.model_kw)))
+    return groups
+
+
+def attention_matrix_bytes(model: torch.nn.Module, batch_size: int,
+                           input_shape: tuple[int, int, int] = (3, 32, 32)) -> int:
+    """Bytes of the explicit fp32 attention matrices of one forward pass at ``batch_size``
+    (0 for a model without attention maps), from one query row per block on one image."""
+    probe = copy.deepcopy(model).eval()
+    with torch.no_grad(), collect_maps(probe, query=(0, 0)) as maps:
+        probe(torch.zeros(1, *input_shape))
+    per_image = sum(a.shape[1] * a[0, 0, 0].numel() ** 2  # heads x (keys)^2, every row built
+                    for kinds in maps.values() for kind, a in kinds.items() if kind == "attention")
+    return 4 * batch_size * per_image
+
+
+def _explicit_row(name: str, model: torch.nn.Module, device, precision, s: Settings, batch: int,
+                  base: dict) -> Optional[dict]:
+    """The model with every attention matrix built explicitly; None without attention maps."""
+    need = attention_matrix_bytes(model, batch)
+    if need == 0:
+        return None
+    row = {"model": f"{name}, explicit N x N", "x_reference": None, "extra_GiB": None}
+    if need > EXPLICIT_BUDGET:
+        return {**row, "step_ms": None, "note": f"skipped: its attention matrices alone would take "
+                                                f"{need / GIB:.1f} GiB at batch {batch}"}
     with explicit_attention():
-        t = _median([step_seconds(model, device, precision, s.steps, s.batch_size) for _ in range(s.rounds)])
-        mem = cost.peak_memory(model, s.batch_size, device=device, precision=precision)
-    return {"model": "selfatt (explicit N x N)", "step_ms": 1000 * t,
-            "x_resnet20": t / base["step_s"], "extra_GiB": (mem - base["mem"]) / GIB,
-            "target_x": None, "note": "the formulation the fused kernel replaced; not the training path"}
+        t = _median([_step_s(model, device, precision, s, batch) for _ in range(s.rounds)])
+        mem = cost.peak_memory(model, batch, device=device, precision=precision)
+    return {**row, "step_ms": 1000 * t, "x_reference": t / base["step_s"],
+            "extra_GiB": (mem - base["mem"]) / GIB if mem >= 0 and base["mem"] >= 0 else None,
+            "note": "the formulation the fused kernel replaced; not the training path"}
 
 
-def bench_attention(device: torch.device, precision: str, s: Settings) -> dict:
-    """Step time and extra peak memory of each attention model relative to ResNet-20."""
-    models = _attention_models()
-    times = _alternate({name: (lambda m=m: step_seconds(m, device, precision, s.steps, s.batch_size))
-                        for name, (m, _) in models.items()}, s.rounds)
-    mems = {name: cost.peak_memory(m, s.batch_size, device=device, precision=precision)
-            for name, (m, _) in models.items()}
-    base = {"step_s": times["resnet20"], "mem": mems["resnet20"]}
-    rows = []
-    for name, (m, limit) in models.items():
-        rows.append({"model": name, "step_ms": 1000 * times[name], "x_resnet20": times[name] / base["step_s"],
-                     "extra_GiB": (mems[name] - base["mem"]) / GIB if mems[name] >= 0 else None,
-                     "target_x": limit})
+def _measure_group(reference: str, batch: int, contenders: dict, device: torch.device, precision: str,
+                   s: Settings) -> dict:
+    """Step time and peak memory of each contender, alternated round by round with its reference."""
+    models = {name: create_model(m, **kw) for name, (m, kw) in contenders.items()}
+    times = _alternate({name: (lambda m=m: _step_s(m, device, precision, s, batch))
+                        for name, m in models.items()}, s.rounds)
+    mems = {name: cost.peak_memory(m, batch, device=device, precision=precision) for name, m in models.items()}
+    base = {"step_s": times[reference], "mem": mems[reference]}
+    rows = [{"model": name, "step_ms": 1000 * times[name], "x_reference": times[name] / base["step_s"],
+             "extra_GiB": (mems[name] - base["mem"]) / GIB if mems[name] >= 0 and base["mem"] >= 0 else None}
+            for name in models]
     if s.explicit:
-        rows.append(_explicit_row(models["selfatt"][0], device, precision, s, base))
-    return {"batch_size": s.batch_size, "precision": precision, "resnet20_step_ms": 1000 * base["step_s"],
-            "resnet20_peak_GiB": mems["resnet20"] / GIB if mems["resnet20"] >= 0 else None,
-            "rows": rows}
+        rows += [r for name, m in models.items() if name != reference
+                 for r in [_explicit_row(name, m, device, precision, s, batch, base)] if r is not None]
+    return {"reference": reference, "batch_size": batch, "step_ms": 1000 * base["step_s"],
+            "peak_GiB": base["mem"] / GIB if base["mem"] >= 0 else None, "rows": rows}
+
+
+def _comparison(pid: str, t: SpeedTarget, group: dict) -> dict:
+    name = contender_name(t.model, t.model_kw)
+    row = next(r for r in group["rows"] if r["model"] == name)
+    value = row["x_reference"] if t.measure == "step_time" else row["extra_GiB"]
+    return {"name": t.name, "paper": pid, "model": name, "reference": t.reference,
+            "batch_size": group["batch_size"], "measure": t.measure, "value": value, "op": t.op,
+            "limit": t.limit}
+
+
+def bench_attention(device: torch.device, precision: str, s: Settings,
+                    targets: Optional[list[tuple[str, SpeedTarget]]] = None) -> dict:
+    """Every paper's speed targets (or ``targets``): per reference model, its contenders
+    measured side by side; then one comparison per target (``limit`` None: measured only)."""
+    targets = speed_targets() if targets is None else targets
+    groups = {key: _measure_group(key[0], key[1], contenders, device, precision, s)
+              for key, contenders in _groups(targets, s.batch_size).items()}
+    comparisons = [_comparison(pid, t, groups[(t.reference, min(t.batch_size, s.batch_size))])
+                   for pid, t in targets]
+    # each compared network once, at its registered settings, for the evaluation-memory check
+    # (variants such as fewer attention stages are measured for speed, not again for memory)
+    names = dict.fromkeys(m for contenders in _groups(targets, s.batch_size).values()
+                          for m, _ in contenders.values())
+    return {"precision": precision, "groups": list(groups.values()), "comparisons": comparisons,
+            "models": {name: {"model": name, "model_kw": {}} for name in names},
+            "references": sorted({t.reference for _, t in targets})}
+
+
+def reference_step_s(attention: dict, model: str, batch_size: int) -> Optional[float]:
+    """Seconds per step of reference ``model`` at ``batch_size`` from :func:`bench_attention`."""
+    for g in attention["groups"]:
+        if g["reference"] == model and g["batch_size"] == batch_size:
+            return g["step_ms"] / 1000
+    return None
 
 
 # -- e. evaluation memory ----------------------------------------------------------------
 
-def eval_peak_memory(model: str, dataset: str, images: int, device: str = "auto",
-                     precision: str = "auto") -> dict:
-    """Meant for a fresh process: evaluate ``model`` (``resnet20`` or an attention model)
-    as ``fit`` does, draw GradCAM and attention maps as the notebooks do, and return
-    the process's peak resident memory (and the GPU's, on CUDA)."""
-    from .explain import attention_maps, gradcam
+def _last_spatial_layer(model: torch.nn.Module, x: torch.Tensor) -> str:
+    """The last module with a ``(B, C, H, W)`` output: GradCAM's usual layer."""
+    found: list[str] = []
+    names = {m: n for n, m in model.named_modules() if n}
+    hooks = [m.register_forward_hook(lambda m, i, o: found.append(names[m])
+                                     if torch.is_tensor(o) and o.ndim == 4 else None)
+             for m in names]
+    try:
+        with torch.no_grad():
+            model.eval()(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no layer with a (B, C, H, W) output for GradCAM")
+    return found[-1]
 
+
+def eval_peak_memory(model: str, dataset: str, images: int, device: str = "auto",
+                     precision: str = "auto", model_kw: Optional[dict] = None) -> dict:
+    """Meant for a fresh process: evaluate ``model`` (with ``model_kw``) as ``fit`` does,
+    draw GradCAM (on the last spatial layer) and attention maps as the notebooks do, and
+    return the process's peak resident memory (and the GPU's, on CUDA)."""
     dev = resolve_device(device)
     data = load_data(dataset, eval_subset=images)
-    data_peak = _peak_rss_bytes()  # decoding the cache: a floor shared by every model
-    net = _bench_model(model).to(dev)
+    data_peak = cost.process_peak_rss()  # decoding the cache: a floor shared by every model
+    net = create_model(model, num_classes=data.num_classes, in_channels=data.in_channels,
+                       **(model_kw or {})).to(dev)
     evaluate(net, data.loader("test", 512, dev), resolve_precision(precision, dev), data.num_classes)
     x, _ = next(iter(data.loader("test", 128, dev)))
-    gradcam(net, x, "layer3")
-    if model != "resnet20":
-        attention_maps(net, x[:8], query=(16, 16))
-    out = {"model": model, "images": len(data.test), "data_peak_GiB": data_peak / GIB,
-           "peak_rss_GiB": _peak_rss_bytes() / GIB}
+    gradcam(net, x, _last_spatial_layer(net, x))
+    attention_maps(net, x[:8], query=(16, 16))
+    out = {"model": contender_name(model, model_kw), "images": len(data.test),
+           "data_peak_GiB": data_peak / GIB, "peak_rss_GiB": cost.process_peak_rss() / GIB}
     if dev.type == "cuda":
         out["peak_cuda_GiB"] = torch.cuda.max_memory_allocated(dev) / GIB
     return out
 
 
-def _peak_rss_bytes() -> int:
-    """This process's peak resident memory. Linux's ``ru_maxrss`` carries the parent's peak
-    over fork and exec, so read the high-water mark of this address space instead."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        import resource  # macOS reports bytes, other systems KiB
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024
-
-
-def bench_eval_memory(dataset: str, device: torch.device, precision: str, s: Settings) -> dict:
-    """:func:`eval_peak_memory` for each model, each in its own process (a clean peak)."""
+def bench_eval_memory(dataset: str, device: torch.device, precision: str, s: Settings,
+                      models: dict[str, dict], references: Sequence[str] = ()) -> dict:
+    """:func:`eval_peak_memory` for each of ``models`` (name -> ``{"model", "model_kw"}``),
+    each in its own process (a clean peak); ``references`` are measured but have no target."""
     rows = []
-    for model in ["resnet20"] + [name for name, _, _ in ATTENTION_MODELS]:
+    for name, spec in models.items():
         code = ("import json; from attnlab.bench import eval_peak_memory; "
-                f"print(json.dumps(eval_peak_memory({model!r}, {dataset!r}, {s.eval_images}, "
-                f"{str(device)!r}, {precision!r})))")
+                f"print(json.dumps(eval_peak_memory({spec['model']!r}, {dataset!r}, {s.eval_images}, "
+                f"{str(device)!r}, {precision!r}, {spec['model_kw']!r})))")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"evaluation-memory check of {model} failed:\n{done.stderr[-2000:]}")
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            raise RuntimeError(f"evaluation-memory check of {name} failed:\n{done.stderr[-2000:]}")
+        rows.append({**json.loads(done.stdout.strip().splitlines()[-1]), "reference": name in references})
     return {"dataset": dataset, "eval_batch": 512, "gradcam_batch": 128, "rows": rows}
 
 
@@ -375,13 +441,9 @@ def bench_eval_memory(dataset: str, device: torch.device, precision: str, s: Set
 def bench_cifar(dataset: str = "cifar10", profile: str = "quick", recipe: str = "onecycle",
                 model: str = "resnet20", runs_dir=None, progress: bool = True) -> dict:
     """Train (or load from the run store) ``model`` at ``profile``; accuracy and wall time."""
-    from .paths import runs_root
-    from .runs import RunConfig, train_or_load
-
     if dataset != "shapes" and not {"train", "test"} <= set(cached_datasets().get(dataset, [])):
         return {"skipped": f"{dataset} is not imported; first run: {CIFAR_HINT}"}
     config = RunConfig(model, dataset, recipe, profile)
-    stored = (Path(runs_dir or runs_root()) / config.dirname / "metrics.json").exists()
     run = train_or_load(config, runs_dir, progress=progress, live=False)
     if not run.finished:
         return {"skipped": "interrupted; run the benchmark again to resume"}
@@ -390,7 +452,7 @@ def bench_cifar(dataset: str = "cifar10", profile: str = "quick", recipe: str = 
     return {"model": model, "dataset": dataset, "profile": profile, "recipe": recipe,
             "test_acc": m["test_acc"], "test_acc_flip": m.get("test_acc_flip"),
             "wall_s": m["wall_s"], "epochs": m["epochs"],
-            "from_run_store": stored,
+            "from_run_store": run.from_store,
             "device": m["device"], "precision": m["precision"], "run_dir": str(run.dir)}
 
 
@@ -401,14 +463,12 @@ def _targets(r: dict) -> list[dict]:
     share = next(row["share_of_step"] for row in r["loader"]["rows"] if row["loader"].startswith("attnlab"))
     t.append(_target("attnlab loader share of a step", share, "<=", 0.02))
     t.append(_target("fit / bare loop images/s", r["fit"]["ratio"], ">=", 0.95))
-    for row in r["attention"]["rows"]:
-        if row.get("target_x") is not None:
-            t.append(_target(f"{row['model']} step time vs ResNet-20", row["x_resnet20"], "<=", row["target_x"], "x"))
-            if row["extra_GiB"] is not None:
-                t.append(_target(f"{row['model']} extra peak memory (GiB)", row["extra_GiB"], "<",
-                                 EXTRA_MEMORY_LIMIT / GIB))
+    for c in r["attention"]["comparisons"]:
+        if c["limit"] is not None and c["value"] is not None:
+            t.append({**_target(c["name"], c["value"], c["op"], c["limit"],
+                                "x" if c["measure"] == "step_time" else ""), "paper": c["paper"]})
     for row in (r.get("eval_memory") or {}).get("rows", []):
-        if row["model"] != "resnet20":
+        if not row["reference"]:
             t.append(_target(f"{row['model']} evaluation, process peak memory (GiB)", row["peak_rss_GiB"],
                              "<", EVAL_RSS_LIMIT / GIB))
     c = r.get("cifar") or {}
@@ -431,17 +491,21 @@ def run_benchmarks(quick: bool = False, cifar: bool = False, device: str = "auto
     t0 = time.perf_counter()
     r: dict = {"environment": env, "mode": "quick" if quick else "default",
                "settings": dataclasses.asdict(s), "data": data_note}
-    _log("attention blocks vs ResNet-20 (step time, peak memory)")
+    _log("the papers' speed targets: each model vs its reference (step time, peak memory)")
     r["attention"] = bench_attention(dev, prec, s)
     _log("bf16 vs fp32")
     r["precision"] = bench_precision(dev, s)
     _log(f"loaders on {dataset}")
     train = load_data(dataset).train
-    r["loader"] = bench_loader(train, dev, r["attention"]["resnet20_step_ms"] / 1000, s)
+    step_s = reference_step_s(r["attention"], "resnet20", s.batch_size)
+    if step_s is None:  # no paper compares with ResNet-20 at this batch size
+        step_s = _median([_step_s(create_model("resnet20"), dev, prec, s) for _ in range(s.rounds)])
+    r["loader"] = bench_loader(train, dev, step_s, s)
     _log("fit vs a bare loop")
     r["fit"] = bench_fit(dataset, dev, prec, s)
     _log("evaluation memory of each model, each in a fresh process")
-    r["eval_memory"] = bench_eval_memory(dataset, dev, prec, s)
+    r["eval_memory"] = bench_eval_memory(dataset, dev, prec, s, r["attention"]["models"],
+                                         r["attention"]["references"])
     if cifar:
         _log("ResNet-20, quick profile, CIFAR-10 (about 20 minutes on a 2-core CPU)")
         r["cifar"] = bench_cifar()
@@ -463,14 +527,29 @@ def _table(rows: list[dict], cols: list[tuple[str, str, str]]) -> list[str]:
     return [("  " + "  ".join(c.ljust(w) for c, w in zip(line, widths))).rstrip() for line in cells]
 
 
+def _attention_report(a: dict) -> list[str]:
+    out = []
+    for g in a["groups"]:
+        out += ["", f"Models vs {g['reference']} (training step, batch {g['batch_size']}, {a['precision']}; "
+                    f"{g['reference']} {g['step_ms']:.0f} ms):"]
+        out += _table(g["rows"], [("model", "model", ""), ("step_ms", "step ms", ".0f"),
+                                  ("x_reference", f"x {g['reference']}", ".2f"),
+                                  ("extra_GiB", "extra GiB", ".3f"), ("note", "note", "")])
+    if a["comparisons"]:
+        rows = [{**c, "limit": "measured only" if c["limit"] is None else f"{c['op']} {c['limit']:g}"}
+                for c in a["comparisons"]]
+        out += ["", "The papers' speed targets:"]
+        out += _table(rows, [("paper", "paper", ""), ("name", "comparison", ""), ("value", "value", ".3g"),
+                             ("limit", "limit", "")])
+    return out
+
+
 def format_report(r: dict) -> str:
     env = r["environment"]
     out = [f"attnlab bench ({r['mode']} mode, {r.get('wall_s', 0):.0f} s): {env['device_name']}, "
            f"{env['device']}, default precision {env['precision']}, torch {env['torch']}",
-           f"data: {r['data']}", "", f"Attention blocks vs ResNet-20 (training step, batch {r['attention']['batch_size']}):"]
-    out += _table(r["attention"]["rows"], [("model", "model", ""), ("step_ms", "step ms", ".0f"),
-                                           ("x_resnet20", "x ResNet-20", ".2f"),
-                                           ("target_x", "target", ".1f"), ("extra_GiB", "extra GiB", ".3f")])
+           f"data: {r['data']}"]
+    out += _attention_report(r["attention"])
     p = r["precision"]
     out += ["", f"Precision: fp32 {p['fp32_step_ms']:.0f} ms, bf16 {p['bf16_step_ms']:.0f} ms per step: "
                 f"bf16 {p['speedup']:.2f}x faster (native bf16: {'yes' if p['native_bf16'] else 'no'})",
@@ -500,4 +579,5 @@ def format_report(r: dict) -> str:
 
 
 __all__ = ["run_benchmarks", "format_report", "bench_loader", "bench_fit", "bench_precision",
-           "bench_attention", "bench_cifar", "explicit_attention", "Settings", "step_seconds"]
+           "bench_attention", "bench_eval_memory", "bench_cifar", "speed_targets", "contender_name",
+           "attention_matrix_bytes", "reference_step_s", "Settings"]

@@ -4,9 +4,12 @@
     data list | data import NAME --from DIR
     train --model M --dataset D ...       one run through the run store (--json: last line)
     runs                                  the finished runs as a table (--json)
+    papers [ID]                           the source papers; one paper's models, claims, ablations
     ablate --model M --grid K=V1,V2 ...   a grid of runs over seeds: mean and spread
     bench [--quick] [--cifar-quick]       speed and memory ratios, measured in one process
     reproduce --profile P --dataset D     every notebook with papermill, then a summary
+    gpu-check [--cifar DIR]               on a CUDA machine: GPU tests, benchmark, quick CIFAR-10 run
+    tune PAPER --trials N                 a paper's Hyperband search (Optuna), resumable
 
 Each command is one ``_add_<name>`` function that builds its sub-parser and sets
 ``func``, so a new command is one more function in :data:`COMMANDS`. Bad input (an
@@ -21,15 +24,19 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .data import DataUnavailableError
+from .locks import LockHeldError
 from .train import CheckpointError, NonFiniteLossError
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
-EXPECTED_ERRORS = (ValueError, TypeError, DataUnavailableError, FileNotFoundError)
+# OSError: a read-only or full runs/data folder, a missing path, a run locked by another
+# process (each raised with a message that names the folder and what to do)
+EXPECTED_ERRORS = (ValueError, TypeError, DataUnavailableError, OSError)
 # Training that went wrong (NaN loss, a checkpoint of another run): the message says what to do.
 TRAINING_ERRORS = (NonFiniteLossError, CheckpointError)
 
@@ -43,6 +50,14 @@ def _json_dict(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"key\": 1}}', got {text!r}")
     return value
+
+
+def _seed_list(text: str) -> list[int]:
+    """argparse type for ``--seeds 0,1,2``."""
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integer seeds like 0,1,2, got {text!r}") from None
 
 
 def _print_json(obj) -> None:
@@ -192,18 +207,19 @@ def cmd_train(args) -> int:
     _check_config(config, args.device)
     run_dir = runs_root() / config.dirname
     fresh = not run_dir.exists()
-    cached = not args.no_cache and (run_dir / "metrics.json").exists()
     try:
         run = train_or_load(config, use_cache=not args.no_cache, progress=not args.json,
                             device=args.device, live=False)
-    except EXPECTED_ERRORS:
-        if fresh and not (run_dir / "checkpoint.pt").exists():
+    except EXPECTED_ERRORS as exc:
+        if fresh and not (run_dir / "checkpoint.pt").exists() and not isinstance(exc, LockHeldError):
             # failed before its first epoch (data missing, a bad path): nothing worth keeping
+            # (a locked run's folder belongs to the process that holds the lock)
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     if not run.finished:
         print(f"attnlab: interrupted; run again to resume from {run.dir}", file=sys.stderr)
         return 130
+    cached = run.from_store  # not "was there a result before": a damaged one was just retrained
     m = run.metrics
     print(f"{config.model} on {config.dataset} ({config.recipe}, {config.profile}, seed {config.seed})"
           f"{' [from the run store]' if cached else ''}: test acc {m['test_acc']:.4f}"
@@ -246,7 +262,7 @@ def _add_ablate(sub) -> None:
     p.add_argument("--grid", type=_grid_axis, action="append", required=True, metavar="KEY=V1,V2",
                    help="a grid axis: a RunConfig field (model, recipe, ...) or a model keyword "
                         "(merge, reduction, ...); repeat for more axes")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--seeds", type=_seed_list, default=[0], help="comma-separated seeds, e.g. 0,1,2")
     p.add_argument("--json", action="store_true", help="last line: the table as a JSON list")
     p.set_defaults(func=cmd_ablate)
 
@@ -257,7 +273,7 @@ def cmd_ablate(args) -> int:
 
     base = RunConfig(args.model, args.dataset, args.recipe, args.profile, model_kw=args.model_kw)
     grid = dict(args.grid)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     for _, config in grid_configs(base, grid):
         _check_config(config, "auto")
     table = ablate(base, grid, seeds, progress=not args.json)
@@ -295,11 +311,97 @@ def cmd_runs(args) -> int:
     return 0
 
 
+# -- papers ------------------------------------------------------------------------------
+
+def _add_papers(sub) -> None:
+    p = sub.add_parser("papers", help="the source papers; with an id: its models, published numbers, ablations")
+    p.add_argument("paper", nargs="?", help="a paper id (see the list without one)")
+    p.add_argument("--json", action="store_true", help="last line: one JSON object")
+    p.set_defaults(func=cmd_papers)
+
+
+def _settings(name: Optional[str], kw: dict) -> str:
+    """``cbam(merge=residual)``: a backbone or block with the settings a model gives it."""
+    if not name:
+        return "-"
+    return f"{name}({', '.join(f'{k}={v}' for k, v in kw.items())})" if kw else name
+
+
+def _count_params(model: str) -> int:
+    import torch
+
+    from .papers import create_model
+
+    with torch.device("meta"):  # shapes only: no memory, no initialisation work
+        return sum(p.numel() for p in create_model(model).parameters())
+
+
+def _paper_models(paper) -> list[dict]:
+    return [{"name": m.name, "label": m.label, "backbone": _settings(m.backbone, m.backbone_kw),
+             "block": _settings(m.attn, m.attn_kw), "recipe": m.recipe, "params": _count_params(m.name),
+             "pinned": m.params, "slow_on_cpu": m.slow_on_cpu} for m in paper.models]
+
+
+def _cell(value) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"{value:,}" if isinstance(value, int) and value >= 10_000 else str(value)  # counts, not years
+
+
+def _print_table(rows: list[dict], columns: dict[str, str]) -> None:
+    """Left-aligned columns ``{key: header}``, indented under a heading."""
+    if not rows:
+        print("  (none)")
+        return
+    cells = [list(columns.values())] + [[_cell(r.get(k)) for k in columns] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    for line in cells:
+        print(("  " + "  ".join(c.ljust(w) for c, w in zip(line, widths))).rstrip())
+
+
+def cmd_papers(args) -> int:
+    from .papers import get_paper, list_papers
+
+    if args.paper is None:
+        rows = [{"id": p.id, "year": p.year, "models": len(p.models), "title": p.title, "link": p.link}
+                for p in map(get_paper, list_papers())]
+        if args.json:
+            _print_json({"papers": rows})
+        else:
+            _print_table(rows, {"id": "id", "year": "year", "models": "models", "title": "title", "link": "link"})
+            print("details: python -m attnlab papers ID")
+        return 0
+    paper = get_paper(args.paper)  # an unknown id raises, naming the known ones
+    models = _paper_models(paper)
+    claims = paper.claims_frame().to_dict("records")
+    axes = [{"model": a.model, "parameter": a.parameter, "values": ", ".join(map(str, a.values)),
+             "label": a.label} for a in paper.ablations]
+    if args.json:
+        _print_json({"id": paper.id, "title": paper.title, "authors": paper.authors, "year": paper.year,
+                     "link": paper.link, "notebook": paper.notebook, "models": models, "claims": claims,
+                     "ablations": axes})
+        return 0
+    print(f"{paper.id}: {paper.title}")
+    print(f"{paper.authors}, {paper.year}, {paper.link}" + (f"; notebook {paper.notebook}" if paper.notebook else ""))
+    print("\nModels (params: counted now for 10 classes, pinned: as the paper module states it):")
+    _print_table(models, {"name": "model", "label": "label", "backbone": "backbone", "block": "block",
+                          "recipe": "recipe", "params": "params", "pinned": "pinned",
+                          "slow_on_cpu": "slow on CPU"})
+    print("\nPublished numbers (quoted as published; accuracies and errors in %):")
+    _print_table(claims, {k: k for k in ("model", "dataset", "metric", "value", "split", "setting",
+                                         "protocol", "source")})
+    print("\nAblation axes:")
+    _print_table(axes, {k: k for k in ("model", "parameter", "values", "label")})
+    return 0
+
+
 # -- bench -------------------------------------------------------------------------------
 
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="loader, fit, precision and attention speed/memory ratios")
-    p.add_argument("--quick", action="store_true", help="fewer repeats and steps (about a minute)")
+    p.add_argument("--quick", action="store_true", help="fewer repeats and steps (minutes on a CPU; grows with the papers' speed targets)")
     p.add_argument("--cifar-quick", action="store_true",
                    help="also train ResNet-20 at the quick profile on CIFAR-10 (~15 min, must be imported)")
     p.add_argument("--out", help="also write the results as JSON to this file")
@@ -367,23 +469,83 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+# -- gpu-check ---------------------------------------------------------------------------
+
+def _add_gpu_check(sub) -> None:
+    p = sub.add_parser("gpu-check", help="on a CUDA machine: GPU tests, benchmark, timed quick CIFAR-10 run")
+    p.add_argument("--cifar", help="offline CIFAR-10 copy (train/ and test/ folders or .tar.gz), needed once")
+    p.add_argument("--out", default="reports/gpu-check", help="report folder (default: reports/gpu-check)")
+    p.add_argument("--quick-bench", action="store_true", help="the benchmark's quick mode")
+    p.set_defaults(func=cmd_gpu_check)
+
+
+def cmd_gpu_check(args) -> int:
+    from .gpucheck import GpuCheckError, gpu_check
+
+    try:
+        report = gpu_check(args.cifar, Path(args.out), args.quick_bench)
+    except GpuCheckError as exc:
+        raise ValueError(str(exc)) from None  # one line, exit status 2
+    print(f"gpu-check {'PASS' if report['ok'] else 'FAIL'}: {Path(args.out) / 'gpu-check.md'}")
+    return 0 if report["ok"] else EXIT_FAILED
+
+
+# -- tune --------------------------------------------------------------------------------
+
+def _add_tune(sub) -> None:
+    p = sub.add_parser("tune", help="a paper's Hyperband search through the run store (resumes)")
+    p.add_argument("paper", help="a paper with a search, e.g. embedding_attention")
+    p.add_argument("--trials", type=int, required=True, help="finished trials the study should hold")
+    p.add_argument("--dataset", default="shapes")
+    p.add_argument("--profile", default="quick", help="smoke, quick (narrow models, a CPU) or full")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-epochs", type=int, help="Hyperband's largest budget (default: the profile's)")
+    p.add_argument("--sampler", default="random", help="random (as Keras Tuner) or tpe")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="last line: the best configuration as JSON")
+    p.set_defaults(func=cmd_tune)
+
+
+def cmd_tune(args) -> int:
+    from .data import dataset_info
+    from .tune import search
+
+    dataset_info(args.dataset)
+    result = search(args.paper, args.trials, args.dataset, args.profile, seed=args.seed,
+                    max_epochs=args.max_epochs, sampler=args.sampler, device=args.device)
+    if args.json:
+        _print_json(result.best)
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------------
 
 EXAMPLES = """examples:
   python -m attnlab info
+  python -m attnlab papers cnntention
   python -m attnlab data import cifar10 --from ../shared/datasets/cifar10-jpg
   python -m attnlab train --model resnet20 --dataset shapes --profile smoke --json
   python -m attnlab bench --quick
   python -m attnlab reproduce --profile quick --dataset shapes"""
 
-COMMANDS: list[Callable] = [_add_info, _add_data, _add_train, _add_ablate, _add_runs, _add_bench,
-                            _add_reproduce]
+COMMANDS: list[Callable] = [_add_info, _add_data, _add_train, _add_ablate, _add_runs, _add_papers, _add_bench,
+                            _add_reproduce, _add_gpu_check, _add_tune]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (``attnlab: error: ...``, exit 2), like
+    every other expected failure; sub-command parsers inherit it."""
+
+    def error(self, message: str):
+        sub = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
+        self.exit(EXIT_BAD_INPUT, f"attnlab: error: {sub}{' '.join(message.split())} "
+                                  f"(see: {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="attnlab", description="attnlab: a workbook on attention in CNNs, from the command line.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"attnlab {__version__}")
@@ -396,6 +558,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _one_line(exc: BaseException) -> str:
     # DataUnavailableError explains the manual route over several lines; keep one
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (a damaged file set aside, a cache rebuilt) as one line each, without the
+    source line Python would print under them."""
+    print(f"attnlab: warning: {_one_line(message)}", file=sys.stderr)
 
 
 def _report(exc: BaseException, code: int) -> int:
@@ -413,7 +581,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:  # --help, --version and argparse's own usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line
+            return int(args.func(args) or 0)
     except EXPECTED_ERRORS as exc:
         return _report(exc, EXIT_BAD_INPUT)
     except TRAINING_ERRORS as exc:

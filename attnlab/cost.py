@@ -1,7 +1,6 @@
 """What a model costs: parameters, FLOPs, speed and memory, side by side.
 
-REFERENCE.md section 7: attention gains on CIFAR are small, so every accuracy should be
-read beside its price. At 32x32 one self-attention block builds a 1024 x 1024 matrix
+Attention gains on CIFAR are small, so every accuracy should be read beside its price. At 32x32 one self-attention block builds a 1024 x 1024 matrix
 per image (and head), which is why the stage-1 block dominates time and memory.
 
 >>> cost_table(["resnet20", "resnet20"], speed=False)      # parameters and FLOPs only
@@ -131,31 +130,41 @@ def _make_step(model: nn.Module, batch_size: int, input_shape: Sequence[int], de
     return step
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that the clock reads finished work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
 
 
-def throughput(model: nn.Module, batch_size: int = 128, input_shape: Sequence[int] = (3, 32, 32), *,
-               device: str | torch.device = "auto", precision: str = "auto", train: bool = True,
-               steps: int = 5, warmup: int = 2) -> float:
-    """Images per second: training steps (forward, backward, SGD) or inference forwards.
+def step_seconds(model: nn.Module, batch_size: int = 128, input_shape: Sequence[int] = (3, 32, 32), *,
+                 device: str | torch.device = "auto", precision: str = "auto", train: bool = True,
+                 steps: int = 5, warmup: int = 2) -> float:
+    """Seconds per training step (forward, cross-entropy, backward, SGD) or inference
+    forward of a copy of ``model``.
 
     ``warmup`` untimed steps first (kernel selection, lazy allocations), then ``steps``
-    timed ones; CUDA is synchronised before reading the clock.
+    timed ones; the device is synchronised before reading the clock.
     """
     dev = resolve_device(device)
     step = _make_step(model, batch_size, input_shape, dev, resolve_precision(precision, dev), train)
     for _ in range(warmup):
         step()
-    _sync(dev)
+    sync(dev)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(dev)
-    return steps * batch_size / max(time.perf_counter() - t0, 1e-9)
+    sync(dev)
+    return max(time.perf_counter() - t0, 1e-9) / steps
+
+
+def throughput(model: nn.Module, batch_size: int = 128, input_shape: Sequence[int] = (3, 32, 32), *,
+               device: str | torch.device = "auto", precision: str = "auto", train: bool = True,
+               steps: int = 5, warmup: int = 2) -> float:
+    """Images per second: ``batch_size`` over :func:`step_seconds`."""
+    return batch_size / step_seconds(model, batch_size, input_shape, device=device, precision=precision,
+                                     train=train, steps=steps, warmup=warmup)
 
 
 def _status_kib(field: str) -> int:
@@ -163,6 +172,20 @@ def _status_kib(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise OSError(f"{field} not in /proc/self/status")
+
+
+def process_peak_rss() -> int:
+    """Bytes of this process's peak resident memory. Linux's ``ru_maxrss`` carries the
+    parent's peak over fork and exec, so the high-water mark of this address space
+    (``VmHWM``) is read instead where there is one."""
+    try:
+        return _status_kib("VmHWM") * 1024
+    except OSError:
+        import resource  # macOS reports bytes, other systems KiB
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
 
 
 def _malloc_trim() -> None:
@@ -238,10 +261,10 @@ def _cost_row(name: str, model: nn.Module, batch_size: int, input_shape: Sequenc
            "MFLOPs": count_flops(model, (1, *input_shape)) / 1e6}
     kw = dict(device=device, precision=precision)
     if speed:
-        train_ips = throughput(model, batch_size, input_shape, train=True, steps=steps, **kw)
-        row["train img/s"] = train_ips
+        train_s = step_seconds(model, batch_size, input_shape, train=True, steps=steps, **kw)
+        row["train img/s"] = batch_size / train_s
         row["infer img/s"] = throughput(model, batch_size, input_shape, train=False, steps=steps, **kw)
-        row["train step ms"] = 1000.0 * batch_size / train_ips
+        row["train step ms"] = 1000.0 * train_s
     if memory:
         peak = peak_memory(model, batch_size, input_shape, train=True, **kw)
         row["peak MiB (train)"] = peak / 2**20 if peak >= 0 else math.nan
@@ -272,5 +295,5 @@ def cost_table(models: Models, batch_size: int = 128, input_shape: Sequence[int]
     return frame
 
 
-__all__ = ["count_params", "count_flops", "flops_by_module", "throughput", "peak_memory",
-           "cost_table", "SDPA_FORMULAS"]
+__all__ = ["count_params", "count_flops", "flops_by_module", "step_seconds", "throughput", "peak_memory",
+           "process_peak_rss", "sync", "cost_table", "SDPA_FORMULAS"]

@@ -1,20 +1,21 @@
 """Looking inside a trained model: GradCAM, attention maps, localisation, gates.
 
-REFERENCE.md section 7: check what the model learned, not only its accuracy. The
-``shapes`` dataset keeps each image's object mask, so :func:`localisation_score` can
-say whether a saliency map looks at the object more than chance would.
+Check what a model learned, not only its accuracy. The ``shapes`` dataset keeps each
+image's object mask, so :func:`localisation_score` can say whether a saliency map looks
+at the object more than chance would.
 
 All functions run the model in eval mode and fp32 and restore its mode afterwards.
 """
 from __future__ import annotations
 
-import inspect
 from contextlib import contextmanager
-from typing import Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .layers import collect_maps
 
 Layer = Union[str, nn.Module]
 Size = Union[int, Sequence[int]]
@@ -92,9 +93,9 @@ def gradcam(model: nn.Module, images: torch.Tensor, layer: Layer,
 
     The map is computed on exactly the images passed, which should be the ones shown
     (pass the normalised model inputs; plot with :func:`attnlab.plots.overlay` and the
-    same mean/std). Seed 000 computed GradCAM on randomly flipped and cropped copies
-    and overlaid it on the originals, so its maps were often misaligned (REFERENCE.md
-    section 2, pitfall 4). Returned on the CPU.
+    same mean/std). The CNNtention authors (arXiv 2412.11657) computed GradCAM on randomly
+    flipped and cropped copies and overlaid it on the originals, so their maps were often
+    misaligned. Returned on the CPU.
     """
     module = _resolve_layer(model, layer)
     with _eval_fp32(model) as device:
@@ -109,71 +110,72 @@ def gradcam(model: nn.Module, images: torch.Tensor, layer: Layer,
 
 # -- attention maps ---------------------------------------------------------------------
 
-def _takes_query(module: nn.Module) -> bool:
-    try:
-        return "query_index" in inspect.signature(module.forward).parameters
-    except (TypeError, ValueError):
-        return False
+def _query_row(a: torch.Tensor, query: Sequence[int], in_size: Sequence[int]) -> torch.Tensor:
+    """``(B, heads, h, w)``: the row of the input pixel ``query`` in an emitted
+    ``(B, heads, Q, h, w)`` attention map. ``collect_maps`` asks blocks for that row only
+    (Q = 1); a block that built every row (Q = h*w queries on the same grid) is indexed here."""
+    if a.shape[2] == 1:
+        return a[:, :, 0]
+    h, w = a.shape[-2:]
+    if a.shape[2] != h * w:
+        raise ValueError(f"an attention map with {a.shape[2]} query rows over a {h}x{w} key grid: "
+                         "expected the one query row that collect_maps asks for")
+    r, c = query[0] * h // in_size[0], query[1] * w // in_size[1]
+    return a[:, :, r * w + c]
 
 
-def _query_hook(query: Sequence[int], in_size: Sequence[int], sizes: dict):
-    """A pre-hook setting each block's flat ``query_index`` at the block's own resolution."""
-    row, col = query
+#: How each map kind (:data:`attnlab.layers.MAP_KINDS`) becomes entries of
+#: :func:`attention_maps`: ``rule(module, tensor, query, input size) -> {key: tensor}``.
+#: One rule per kind; a kind without a rule raises instead of vanishing from the plots.
+PLOT_RULES: dict[str, Callable[..., dict[str, torch.Tensor]]] = {
+    # B, heads, Q, h, w -> B, heads, h, w: where the query pixel attends, per head
+    "attention": lambda name, a, query, size: {name: _query_row(a, query, size)},
+    # B, G, h, w: a spatial mask per channel group, drawn as is
+    "spatial": lambda name, a, query, size: {name: a},
+    # B, C, h, w -> B, 1, h, w: a per-channel mask, averaged over the channels to draw
+    "mask": lambda name, a, query, size: {name: a.mean(1, keepdim=True)},
+    # B, C: channel weights have no place in a spatial figure; kept beside it
+    "channel": lambda name, a, query, size: {f"{name}.channel": a},
+    # the merge gates are read with gate_table, not drawn
+    "gate": lambda name, a, query, size: {},
+}
 
-    def hook(m, args, kwargs):
-        h, w = args[0].shape[-2:]
-        sizes[m] = (h, w)
-        # stage pixel (r, c) covers input rows [r * H / h, (r + 1) * H / h), same for columns
-        r, c = row * h // in_size[0], col * w // in_size[1]
-        return args, {**kwargs, "query_index": r * w + c}
 
-    return hook
-
-
-def _reshape_maps(stage: str, maps: dict, size: Optional[Sequence[int]]) -> dict[str, torch.Tensor]:
-    out = {}
-    if maps.get("attn") is not None:
-        a = maps["attn"]  # B, heads, 1, HW
-        if size is None:  # a stage name that is not a module name: assume a square map
-            side = int(round(a.shape[-1] ** 0.5))
-            size = (side, side)
-        out[stage] = a[:, :, 0].reshape(a.shape[0], a.shape[1], *size).float().cpu()
-    if maps.get("spatial") is not None:
-        out[stage] = maps["spatial"].float().cpu()  # B, 1, h, w
-    if maps.get("channel") is not None:
-        out[f"{stage}.channel"] = maps["channel"].float().cpu()  # B, C
-    return out
+def plot_entries(name: str, kind: str, value: torch.Tensor, query: Sequence[int],
+                 in_size: Sequence[int]) -> dict[str, torch.Tensor]:
+    """The :data:`PLOT_RULES` entries of one emitted map; an unknown kind raises."""
+    if kind not in PLOT_RULES:
+        raise ValueError(f"no plotting rule for map kind {kind!r} (emitted by {name or 'the model'!r}); "
+                         f"rules exist for: {', '.join(PLOT_RULES)}")
+    return PLOT_RULES[kind](name, value, query, in_size)
 
 
 def attention_maps(model: nn.Module, images: torch.Tensor, query: Sequence[int]) -> dict[str, torch.Tensor]:
-    """Each attention stage's map for one query pixel ``(row, col)`` of the input.
+    """Each block's maps for one query pixel ``(row, col)`` of the input, ready to plot.
 
-    The query is mapped to each stage's resolution (row ``r`` of a 32-row input is row
-    ``r * 16 // 32`` at 16x16) and passed as that stage's ``query_index``, so only one
-    row of each attention matrix is built. Returns, on the CPU:
+    The maps come from :func:`attnlab.layers.collect_maps` (which maps the query to each
+    block's own grid, so only one row of each attention matrix is built) and are laid
+    out by :data:`PLOT_RULES`. Keyed by module name (``"attn1"``, ``"layer3.2.attn"``),
+    on the CPU:
 
-    - ``"attn1"``, ... : ``(B, heads, h, w)``, where the query attends (sums to 1 per head),
-      for self-attention and multi-head blocks; for CBAM the spatial mask ``(B, 1, h, w)``
-      (not query dependent);
-    - ``"attn1.channel"``, ... : CBAM's channel mask ``(B, C)``.
+    - ``"<module>"``: ``(B, heads, h, w)`` where the query attends (sums to 1 per head)
+      for attention blocks; ``(B, G, h, w)`` for spatial masks (CBAM: ``G = 1``, not
+      query dependent); ``(B, 1, h, w)``, the channel mean, for per-channel masks;
+    - ``"<module>.channel"``: channel weights ``(B, C)`` (SE, CBAM).
+
+    A block emitting two drawable kinds keeps the first under ``"<module>"`` and the
+    next under ``"<module>.<kind>"``.
     """
-    in_size = images.shape[-2:]
+    in_size = tuple(images.shape[-2:])
     if not (0 <= query[0] < in_size[0] and 0 <= query[1] < in_size[1]):
-        raise ValueError(f"query {tuple(query)} lies outside the {tuple(in_size)} input")
-    blocks = [m for m in model.modules() if m is not model and _takes_query(m)]
-    sizes: dict[nn.Module, tuple[int, int]] = {}
-    hook = _query_hook(query, in_size, sizes)
-    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in blocks]
-    try:
-        with _eval_fp32(model) as device, torch.no_grad():
-            _, maps = model(images.to(device, torch.float32), return_attention=True)
-    finally:
-        for h in handles:
-            h.remove()
-    modules = dict(model.named_modules())
-    out = {}
-    for stage, stage_maps in maps.items():
-        out.update(_reshape_maps(stage, stage_maps, sizes.get(modules.get(stage))))
+        raise ValueError(f"query {tuple(query)} lies outside the {in_size} input")
+    with _eval_fp32(model) as device, torch.no_grad(), collect_maps(model, query=query) as maps:
+        model(images.to(device, torch.float32))
+    out: dict[str, torch.Tensor] = {}
+    for name, kinds in maps.items():
+        for kind, value in kinds.items():
+            for key, v in plot_entries(name, kind, value, query, in_size).items():
+                out[f"{key}.{kind}" if key in out else key] = v.float().cpu()
     return out
 
 
@@ -229,8 +231,8 @@ def gate_table(model: nn.Module):
     """The learned merge gates ``w`` (``out = w * F(x) + x``), one row per gate.
 
     A gate near 0 means the block is switched off: the model is the plain backbone
-    there (seed 000's released MHA model had all three gates about 0, REFERENCE.md
-    section 2, pitfall 2). Read the gates before crediting attention for a gain.
+    there (CNNtention's released MHA model, arXiv 2412.11657, had all three gates about
+    0). Read the gates before crediting attention for a gain.
     """
     import pandas as pd
 
@@ -246,4 +248,4 @@ def gate_table(model: nn.Module):
     return pd.DataFrame(rows, columns=["module", "block", "gate", "abs"])
 
 
-__all__ = ["gradcam", "attention_maps", "upsample_to", "localisation_score", "gate_table"]
+__all__ = ["gradcam", "attention_maps", "PLOT_RULES", "plot_entries", "upsample_to", "localisation_score", "gate_table"]

@@ -13,15 +13,27 @@ from pathlib import Path
 
 import torch
 
+from .version import __version__
+
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) != "auto":
-        dev = torch.device(device)
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"unknown device {device!r}; allowed: auto, cpu, cuda, cuda:N, mps") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use 'auto' or 'cpu'")
+            raise ValueError(f"device {str(device)!r} was asked for but no CUDA GPU is available; use 'auto' or 'cpu'")
+        if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r} does not exist; this machine has "
+                             f"{torch.cuda.device_count()} CUDA GPU(s)")
+        if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ValueError("device 'mps' was asked for but Apple MPS is not available; use 'auto' or 'cpu'")
+        if dev.type not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"device {str(device)!r} is not supported; allowed: auto, cpu, cuda, cuda:N, mps")
         return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -82,18 +94,22 @@ def device_name(device: torch.device) -> str:
 
 def environment(device: str = "auto", precision: str = "auto") -> dict:
     """Versions, device and precision: printed by notebooks, stored with every run."""
-    import torchvision
-
-    from . import __version__
+    try:  # optional: a GPU machine's bare Python may have torch without torchvision
+        import torchvision
+        tv_version = torchvision.__version__
+    except ImportError:
+        tv_version = "not installed"
 
     dev = resolve_device(device)
     return {
         "attnlab": __version__,
         "python": sys.version.split()[0],
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": tv_version,
         "device": str(dev),
         "device_name": device_name(dev),
         "precision": resolve_precision(precision, dev),
+        # CPU results depend on the thread count (reduction order), so runs record it
+        "threads": torch.get_num_threads(),
         "platform": platform.platform(),
     }

@@ -10,13 +10,19 @@ from typing import Any, Optional
 
 from .hardware import environment
 from .paths import atomic_path
+from .plots import LiveCurves, in_notebook
+from .train import set_live_display
 
 
 def setup(device: str = "auto", precision: str = "auto") -> dict:
-    """Print versions, device and precision; return them (stored in results.json)."""
+    """Print versions, device and precision; return them (stored in results.json). In a
+    notebook, every later ``fit`` also draws live loss and accuracy curves
+    (:class:`attnlab.plots.LiveCurves`, registered with :func:`attnlab.train.set_live_display`)."""
     import matplotlib.pyplot as plt
 
     plt.rcParams.update({"figure.dpi": 100, "axes.spines.top": False, "axes.spines.right": False})
+    if in_notebook():
+        set_live_display(LiveCurves)
     env = environment(device, precision)
     width = max(len(k) for k in env)
     for k, v in env.items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -41,3 +42,41 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_TEMP_SUFFIX = re.compile(r"\.tmp(\d+)$")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def clean_stale_temps(folder: str | Path, *, any_writer: bool = False) -> list[Path]:
+    """Remove the temporary files :func:`atomic_path` left behind when its writer died.
+
+    A temp file is stale when the process named in its suffix is gone; with
+    ``any_writer`` (the caller holds the folder's lock, so nobody else writes there) every
+    temp file but this process's own is. Returns the files removed.
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = _TEMP_SUFFIX.search(p.name)
+        if not m or not p.is_file() or int(m.group(1)) == os.getpid():
+            continue
+        if any_writer or not pid_alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    return removed

@@ -40,10 +40,15 @@ def plot_history(history, axes=None, title: str = ""):
 
 
 class LiveCurves:
-    """One figure in the notebook, redrawn in place after every epoch."""
+    """One figure in the notebook, redrawn in place after every epoch: a ``fit`` callback
+    (``fit(..., callbacks=[LiveCurves()])``; :func:`attnlab.notebook.setup` makes it the
+    default live display of every ``fit`` in a notebook)."""
 
     def __init__(self, title: str = ""):
         self.title, self.handle, self.fig, self.axes = title, None, None, None
+
+    def __call__(self, history) -> None:
+        self.update(history)
 
     def update(self, history) -> None:
         import matplotlib.pyplot as plt
@@ -223,8 +228,8 @@ def plot_attention(images: torch.Tensor, maps: dict[str, torch.Tensor], query: S
 def plot_gates(history_frame, ax=None, title: str = "learned merge gates w"):
     """The gates ``w`` of weighted merges per epoch (columns ``gate:<module>``).
 
-    A curve that stays at 0 is a block that never switched on (REFERENCE.md section 2,
-    pitfall 2). Takes a History or its DataFrame; returns the axes.
+    A curve that stays at 0 is a block that never switched on (as in CNNtention's
+    released MHA model). Takes a History or its DataFrame; returns the axes.
     """
     import matplotlib.pyplot as plt
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from .data import DataSplits, DeviceLoader
 from .hardware import autocast, resolve_device, resolve_precision
+from .integrity import verify_torch_file
 from .paths import atomic_path
 from .recipes import Recipe, validate_recipe
 
@@ -42,7 +43,9 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    # switching costs seconds (it imports torch's compiler stack), so only when it changes
+    if torch.are_deterministic_algorithms_enabled() != deterministic:
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
     if deterministic:
@@ -91,15 +94,20 @@ def make_optimizer(model: nn.Module, r: Recipe) -> torch.optim.Optimizer:
     if r.optimizer == "sgd":
         return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, nesterov=r.nesterov,
                                weight_decay=r.weight_decay)
+    eps = {} if r.eps is None else {"eps": r.eps}
     if r.optimizer == "adam":  # coupled L2, as the papers' Adam runs used
-        return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
-    return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
+        return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay, **eps)
+    return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay, **eps)
 
 
 def milestone_epoch(fraction: float, epochs: int) -> int:
     """First (0-based) epoch at the lower rate: 0.5 of 182 is 91 and 0.75 of 182 is 136, as
     in the papers; never 0, so a one-epoch run does not start at the reduced rate."""
     return max(1, int(fraction * epochs + 1e-9))
+
+
+#: share of training the ``warmup_cosine`` schedule warms up over
+WARMUP_FRACTION = 0.05
 
 
 def lr_factor(r: Recipe, step: int, steps_per_epoch: int) -> float:
@@ -114,6 +122,11 @@ def lr_factor(r: Recipe, step: int, steps_per_epoch: int) -> float:
         warm = max(1, int(0.25 * total))
         if step < warm:
             return 0.04 + 0.96 * step / warm
+        return 0.5 * (1 + math.cos(math.pi * min(step - warm, total - warm) / max(1, total - warm)))
+    if r.schedule == "warmup_cosine":  # Bello et al.: linear warm-up over 5%, then cosine
+        warm = max(1, int(WARMUP_FRACTION * total))
+        if step < warm:
+            return (step + 1) / warm
         return 0.5 * (1 + math.cos(math.pi * min(step - warm, total - warm) / max(1, total - warm)))
     return 1.0
 
@@ -177,14 +190,25 @@ def evaluate(model: nn.Module, loader: DeviceLoader, precision: str = "fp32",
 
 
 def _atomic_save(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # through a Python file object, so a full disk raises OSError (ENOSPC), not a RuntimeError
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+
+
+def previous_checkpoint(path: str | Path) -> Path:
+    """Where the checkpoint of the epoch before is kept (``checkpoint.prev.pt``): the last
+    good state when the newest checkpoint turns out damaged."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
 def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint after checking every byte against the archive's CRC-32s
+    (``torch.load`` alone would resume from garbled weights)."""
     try:
+        verify_torch_file(path)
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - truncated zip, pickle errors, ...
+    except Exception as exc:  # noqa: BLE001 - truncated zip, CRC mismatch, pickle errors, ...
         raise CheckpointError(
             f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc}); "
             "delete it to train from scratch, or pass resume=False"
@@ -195,7 +219,7 @@ class _Trainer:
     """State of one ``fit`` call; split out so each step stays short."""
 
     def __init__(self, model, data, recipe, device, precision, seed, checkpoint, progress,
-                 callbacks, live):
+                 callbacks):
         validate_recipe(recipe)
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -216,7 +240,7 @@ class _Trainer:
         self.start_epoch = 0
         self.elapsed_before = 0.0  # seconds of the sessions before a resume
         self.checkpoint = Path(checkpoint) if checkpoint else None
-        self.progress, self.callbacks, self.live = progress, list(callbacks), live
+        self.progress, self.callbacks = progress, list(callbacks)
         # Checking the loss every batch costs a device sync; on a GPU check in blocks.
         self.check_every = 1 if self.device.type == "cpu" else 50
 
@@ -231,17 +255,19 @@ class _Trainer:
     def save(self) -> None:
         if self.checkpoint:
             self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            if self.checkpoint.exists():  # keep one good state behind the newest
+                os.replace(self.checkpoint, previous_checkpoint(self.checkpoint))
             _atomic_save(self.state(), self.checkpoint)
 
-    def restore(self) -> None:
-        ck = load_checkpoint(self.checkpoint)
+    def restore(self, path: Path) -> None:
+        ck = load_checkpoint(path)
         if ck.get("recipe") != self.recipe.to_dict():
-            raise CheckpointError(f"checkpoint {self.checkpoint} was written by another recipe "
+            raise CheckpointError(f"checkpoint {path} was written by another recipe "
                                   f"({ck.get('recipe', {}).get('name')}); delete it or pass resume=False")
         try:
             self.model.load_state_dict(ck["model"])
         except RuntimeError as exc:
-            raise CheckpointError(f"checkpoint {self.checkpoint} does not fit this model: {exc}") from exc
+            raise CheckpointError(f"checkpoint {path} does not fit this model: {exc}") from exc
         self.opt.load_state_dict(ck["opt"])
         self.sched.load_state_dict(ck["sched"])
         self.scaler.load_state_dict(ck["scaler"])
@@ -307,13 +333,14 @@ class _Trainer:
             self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
         else:
             self.bad_epochs += 1
+        if self.recipe.monitor == "val_loss":  # epochs since the lowest val loss (Keras's EarlyStopping)
+            losses = [r["val_loss"] for r in h.rows]
+            self.bad_epochs = len(losses) - 1 - losses.index(min(losses))
         stop = self.recipe.patience is not None and self.bad_epochs >= self.recipe.patience
         h.stopped_early = stop
         self.save()
         for cb in self.callbacks:
             cb(h)
-        if self.live is not None:
-            self.live.update(h)
         return stop
 
     def clock(self) -> None:
@@ -356,33 +383,58 @@ class _Trainer:
         self.history.test = test
 
 
+Callback = Callable[[History], None]
+
+#: Makes the live display's per-epoch callback for ``fit(live=...)``; ``None``: no display.
+#: The training loop never imports the figure module: :func:`attnlab.notebook.setup`
+#: registers :class:`attnlab.plots.LiveCurves` here when it runs in a notebook.
+_live_display: Optional[Callable[[], Callback]] = None
+
+
+def set_live_display(factory: Optional[Callable[[], Callback]]) -> None:
+    """Register the default live display: ``factory()`` gives a fresh per-epoch callback
+    for each ``fit`` that shows one (``None`` removes it)."""
+    global _live_display
+    _live_display = factory
+
+
+def _live_callbacks(live: Optional[bool], progress: bool) -> list[Callback]:
+    if live is None:
+        live = progress and _live_display is not None
+    if not live:
+        return []
+    if _live_display is None:
+        raise ValueError("fit(live=True) needs a live display: call attnlab.notebook.setup() in a "
+                         "notebook, or pass callbacks=[attnlab.plots.LiveCurves()]")
+    return [_live_display()]
+
+
 def fit(model: nn.Module, data: DataSplits, recipe: Recipe, *, device: str = "auto",
         precision: str = "auto", seed: int = 0, checkpoint: str | Path | None = None,
         resume: bool = True, progress: bool = True, live: Optional[bool] = None,
         deterministic: bool = False, evaluate_test: bool = True,
-        callbacks: Sequence[Callable[[History], None]] = ()) -> History:
+        callbacks: Sequence[Callback] = ()) -> History:
     """Train ``model`` on ``data`` with ``recipe`` and return its :class:`History`.
 
-    - ``checkpoint``: file written atomically after every epoch; with ``resume`` an
-      existing one is continued (a run interrupted after epoch k restarts at k + 1 and,
-      with ``deterministic``, gives the same history as an uninterrupted run).
-    - ``live``: live loss/accuracy curves in a notebook (default: when in one and
-      ``progress`` is on).
+    - ``checkpoint``: file written atomically after every epoch (the epoch before's is
+      kept beside it, see :func:`previous_checkpoint`); with ``resume`` an existing one is
+      checked against its CRC-32s and continued (a run interrupted after epoch k restarts
+      at k + 1 and, with ``deterministic``, gives the same history as an uninterrupted run).
     - ``callbacks``: called with the history after each epoch; raising
       ``KeyboardInterrupt`` in one stops like Ctrl-C.
+    - ``live``: add the registered live display (:func:`set_live_display`; in a notebook
+      after :func:`attnlab.notebook.setup`, loss and accuracy curves) to the callbacks;
+      default: when one is registered and ``progress`` is on.
     At the end the weights of the best validation epoch are restored and evaluated once
     on the test split (``history.test``); when training used flips, also with flip
     test-time augmentation (``history.test_flip``).
     """
     seed_everything(seed, deterministic)
-    if live is None:
-        from .plots import in_notebook
-        live = progress and in_notebook()
-    live_plot = None
-    if live:
-        from .plots import LiveCurves
-        live_plot = LiveCurves()
-    t = _Trainer(model, data, recipe, device, precision, seed, checkpoint, progress, callbacks, live_plot)
-    if t.checkpoint and t.checkpoint.exists() and resume:
-        t.restore()
+    callbacks = [*callbacks, *_live_callbacks(live, progress)]
+    t = _Trainer(model, data, recipe, device, precision, seed, checkpoint, progress, callbacks)
+    if t.checkpoint and resume:
+        # a crash between keeping the previous checkpoint and writing the new one leaves only the previous
+        latest = next((p for p in (t.checkpoint, previous_checkpoint(t.checkpoint)) if p.exists()), None)
+        if latest is not None:
+            t.restore(latest)
     return t.run(evaluate_test)

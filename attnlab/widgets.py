@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from . import explain, plots
+from .runs import Run, list_runs
 
 # -- plain functions --------------------------------------------------------------------
 
@@ -59,8 +60,6 @@ def show_attention(model: nn.Module, images: torch.Tensor, row: int, col: int, i
 
 def show_run(run_dir: str | Path):
     """The loss and accuracy curves of the finished run stored in ``run_dir``."""
-    from .runs import Run
-
     run = Run.load(Path(run_dir))
     if run is None:
         raise FileNotFoundError(f"no finished run in {run_dir}")
@@ -114,8 +113,6 @@ def attention_explorer(model: nn.Module, images: torch.Tensor, mean: Optional[Se
 def run_browser(runs_dir: str | Path | None = None):
     """A dropdown over the finished runs; draws :func:`show_run` for the one chosen."""
     import ipywidgets as w
-
-    from .runs import list_runs
 
     runs = list_runs(runs_dir)
     if runs.empty:

@@ -1,4 +1,5 @@
-"""Pins the definitions of the seed 000 attention blocks (REFERENCE.md section 2)."""
+"""Pins the definitions of CNNtention's attention blocks (SelfAtt, MHA, CBAM) and the
+shared scaled-dot-product core they use."""
 from __future__ import annotations
 
 import warnings
@@ -7,10 +8,11 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from attnlab.layers import create_attn, list_attn
-from attnlab.layers.cbam import CBAM, OFFICIAL, SEED000
+from attnlab.layers import collect_maps, create_attn, list_attn
+from attnlab.layers.cbam import CBAM, CNNTENTION, OFFICIAL
 from attnlab.layers.mha import MultiHeadAttention2d
-from attnlab.layers.selfatt import SelfAttention2d, _fused
+from attnlab.layers.sdpa import attend, attention_weights, explicit_attention, fused_attention
+from attnlab.layers.selfatt import SelfAttention2d
 
 SHAPES = [(2, 16, 32, 32), (2, 32, 16, 16), (2, 64, 8, 8)]
 BLOCKS = ["selfatt", "mha", "cbam"]
@@ -24,6 +26,13 @@ def _seed():
 
 def nparams(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
+
+
+def block_maps(m: torch.nn.Module, x: torch.Tensor, query=None) -> tuple[torch.Tensor, dict]:
+    """The block's output and its own maps (a block alone is collected under the name "")."""
+    with collect_maps(m, query=query) as maps:
+        out = m(x)
+    return out, maps.get("", {})
 
 
 def test_registered():
@@ -40,16 +49,25 @@ def test_shapes_and_maps(name, shape):
     m = create_attn(name, C)
     x = torch.randn(shape)
     assert m(x).shape == shape
-    out, maps = m(x, return_attention=True)
+    out, maps = block_maps(m, x)
     assert out.shape == shape
     if name == "cbam":
         assert maps["channel"].shape == (B, C)
         assert maps["spatial"].shape == (B, 1, H, W)
-        assert maps["gate"] is None  # default merge is plain
+        assert "gate" not in maps  # the default merge is plain: no gate
     else:
         heads = 1 if name == "selfatt" else 8
-        assert maps["attn"].shape == (B, heads, H * W, H * W)
-        assert maps["gate"] is not None and maps["gate"].item() == 0.0
+        assert maps["attention"].shape == (B, heads, H * W, H, W)  # every query row
+        assert maps["gate"].item() == 0.0
+
+
+def test_maps_are_collected_only_inside_the_context():
+    m = create_attn("selfatt", 16)
+    x = torch.randn(1, 16, 4, 4)
+    with collect_maps(m) as maps:
+        pass
+    m(x)
+    assert maps == {} and not m.collecting
 
 
 @pytest.mark.parametrize("merge", ["plain", "residual", "weighted"])
@@ -61,10 +79,10 @@ def test_param_counts_attention(C, merge):
 
 
 def test_param_counts_cbam():
-    seed = [nparams(CBAM(C, reduction=16)) for C in (16, 32, 64)]
-    assert seed == [16 + 16 + 99, 64 + 64 + 99, 256 + 256 + 99]
-    assert sum(seed) == 969
-    assert [nparams(CBAM(C, **SEED000)) for C in (16, 32, 64)] == seed
+    ours = [nparams(CBAM(C, reduction=16)) for C in (16, 32, 64)]
+    assert ours == [16 + 16 + 99, 64 + 64 + 99, 256 + 256 + 99]
+    assert sum(ours) == 969
+    assert [nparams(CBAM(C, **CNNTENTION)) for C in (16, 32, 64)] == ours
     # official: MLP biases (hidden + C), conv without bias (98) + BN affine (2)
     official = [nparams(CBAM(C, mlp_bias=True, spatial_bn=True)) for C in (16, 32, 64)]
     assert official == [16 + 1 + 16 + 16 + 100, 64 + 2 + 64 + 32 + 100, 256 + 4 + 256 + 64 + 100]
@@ -80,10 +98,10 @@ def test_param_counts_cbam():
 @pytest.mark.parametrize("name", ["selfatt", "mha"])
 def test_softmax_rows_sum_to_one(name):
     m = create_attn(name, 32)
-    _, maps = m(torch.randn(2, 32, 8, 8), return_attention=True)
-    a = maps["attn"]
+    _, maps = block_maps(m, torch.randn(2, 32, 8, 8))
+    a = maps["attention"]  # B, heads, Q, h, w: each row a distribution over the key grid
     assert (a >= 0).all()
-    torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:-1]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.sum((-2, -1)), torch.ones(a.shape[:3]), atol=1e-5, rtol=0)
 
 
 CASES = [
@@ -106,9 +124,12 @@ def test_fused_equals_explicit(name, kw, shape):
             m.merge.gate.fill_(0.7)  # otherwise the comparison would only see x
     x = torch.randn(shape)
     fused = m(x)
-    explicit, _ = m(x, return_attention=True)
+    with explicit_attention():
+        explicit = m(x)
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=0)
-    restricted, _ = m(x, return_attention=True, query_index=[0, 3])
+    collected, _ = block_maps(m, x)  # the whole matrix built once and reused for the output
+    torch.testing.assert_close(fused, collected, atol=1e-5, rtol=0)
+    restricted, _ = block_maps(m, x, query=(0, 3))  # one row built; output still fused
     torch.testing.assert_close(fused, restricted, atol=1e-5, rtol=0)
 
 
@@ -119,7 +140,8 @@ def test_fused_and_explicit_gradients_match(name, kw):
     m(x).square().sum().backward()
     g_fused = [p.grad.clone() for p in m.parameters()]
     m.zero_grad()
-    m(x, return_attention=True)[0].square().sum().backward()
+    with explicit_attention():
+        m(x).square().sum().backward()
     for gf, p in zip(g_fused, m.parameters()):
         torch.testing.assert_close(gf, p.grad, atol=1e-4, rtol=1e-4)
 
@@ -130,7 +152,7 @@ def test_weighted_gate_zero_is_identity(name):
     assert m.merge.gate.item() == 0.0
     x = torch.randn(2, 32, 8, 8)
     assert torch.equal(m(x), x)
-    out, maps = m(x, return_attention=True)
+    out, maps = block_maps(m, x)
     assert torch.equal(out, x)
     assert maps["gate"].item() == 0.0
 
@@ -168,11 +190,13 @@ def test_cbam_zero_hidden_warns_and_keeps_one_unit():
         assert CBAM(32, reduction=32).channel.hidden == 1
 
 
-def test_cbam_definition():
-    """Mc from one shared MLP over avg and max pools; Ms from conv([max_c; mean_c])."""
-    m = CBAM(16, reduction=4)
+@pytest.mark.parametrize("merge", ["plain", "residual"])
+def test_cbam_definition(merge):
+    """Mc from one shared MLP over avg and max pools; Ms from conv([max_c; mean_c]);
+    CNNtention's block adds its input back (residual), the CBAM paper's does not (plain)."""
+    m = CBAM(16, reduction=4, merge=merge)
     x = torch.randn(2, 16, 5, 5)
-    out, maps = m(x, return_attention=True)
+    out, maps = block_maps(m, x)
     mlp = m.channel.mlp
     mc = torch.sigmoid(mlp(x.mean((2, 3))) + mlp(x.amax((2, 3))))
     torch.testing.assert_close(maps["channel"], mc)
@@ -180,7 +204,7 @@ def test_cbam_definition():
     pooled = torch.stack([f1.amax(1), f1.mean(1)], 1)  # max first, as in the paper
     ms = torch.sigmoid(m.spatial.conv(pooled))
     torch.testing.assert_close(maps["spatial"], ms)
-    torch.testing.assert_close(out, f1 * ms)
+    torch.testing.assert_close(out, f1 * ms + (x if merge == "residual" else 0))
 
 
 def test_cbam_spatial_conv_reads_channels_last():
@@ -194,16 +218,29 @@ def test_cbam_spatial_conv_reads_channels_last():
 
 
 @pytest.mark.parametrize("name", ["selfatt", "mha"])
-def test_query_index_restricts_map(name):
+def test_query_builds_only_its_row(name):
     m = create_attn(name, 16)
     heads = 1 if name == "selfatt" else 8
     x = torch.randn(2, 16, 8, 8)
-    _, full = m(x, return_attention=True)
-    for qi, n in [(5, 1), ([0, 7, 63], 3), (torch.tensor([1, 2]), 2)]:
-        _, maps = m(x, return_attention=True, query_index=qi)
-        assert maps["attn"].shape == (2, heads, n, 64)
-        rows = torch.as_tensor(qi).reshape(-1)
-        torch.testing.assert_close(maps["attn"], full["attn"][:, :, rows], atol=1e-6, rtol=0)
+    _, full = block_maps(m, x)
+    for row, col in [(0, 0), (0, 5), (7, 7), (3, 6)]:
+        _, maps = block_maps(m, x, query=(row, col))
+        assert maps["attention"].shape == (2, heads, 1, 8, 8)
+        torch.testing.assert_close(maps["attention"][:, :, 0], full["attention"][:, :, row * 8 + col],
+                                   atol=1e-6, rtol=0)
+
+
+def test_attend_rows_are_rows_of_the_full_matrix():
+    q, k, v = (torch.randn(2, 4, 64, 8) for _ in range(3))
+    full = attention_weights(q, k, 0.3)
+    torch.testing.assert_close(full.sum(-1), torch.ones(2, 4, 64), atol=1e-5, rtol=0)
+    rows = torch.tensor([0, 7, 63])
+    out, some = attend(q, k, v, 0.3, rows=rows, need_weights=True)
+    torch.testing.assert_close(some, full[:, :, rows], atol=1e-6, rtol=0)
+    torch.testing.assert_close(out, full @ v, atol=1e-5, rtol=0)
+    out, none = attend(q, k, v, 0.3)
+    assert none is None
+    torch.testing.assert_close(out, full @ v, atol=1e-5, rtol=0)
 
 
 def _conv1x1(conv: torch.nn.Conv2d, X: torch.Tensor) -> torch.Tensor:
@@ -225,15 +262,16 @@ def test_selfatt_matches_hand_written_unscaled_softmax():
     X = x[0].reshape(C, H * W)
     Q, K, V = (_conv1x1(c, X) for c in (m.query, m.key, m.value))  # N, C each
     A = _softmax(Q @ K.T)  # unscaled: no 1/sqrt(C)
-    out, maps = m(x, return_attention=True)
-    torch.testing.assert_close(maps["attn"][0, 0], A)
+    out, maps = block_maps(m, x)
+    torch.testing.assert_close(maps["attention"][0, 0].reshape(H * W, H * W), A)
     torch.testing.assert_close(out[0], (A @ V).T.reshape(C, H, W))
     torch.testing.assert_close(m(x)[0], (A @ V).T.reshape(C, H, W))
     # scale=None is the usual 1/sqrt(C), and it is a different matrix
     m.scale = C**-0.5
-    _, maps = m(x, return_attention=True)
-    torch.testing.assert_close(maps["attn"][0, 0], _softmax(Q @ K.T / C**0.5))
-    assert not torch.allclose(maps["attn"][0, 0], A)
+    _, maps = block_maps(m, x)
+    scaled = maps["attention"][0, 0].reshape(H * W, H * W)
+    torch.testing.assert_close(scaled, _softmax(Q @ K.T / C**0.5))
+    assert not torch.allclose(scaled, A)
     assert SelfAttention2d(16, scale=None).scale == 0.25
 
 
@@ -253,19 +291,20 @@ def test_mha_matches_hand_written_heads():
         heads_out.append(A @ V[:, s])
     concat = torch.cat(heads_out, 1).T  # C, N
     ref = _conv1x1(m.proj, concat).T.reshape(C, H, W)
-    out, maps = m(x, return_attention=True)
-    torch.testing.assert_close(maps["attn"][0], torch.stack(maps_ref))
+    out, maps = block_maps(m, x)
+    torch.testing.assert_close(maps["attention"][0].reshape(heads, H * W, H * W), torch.stack(maps_ref))
     torch.testing.assert_close(out[0], ref)
     torch.testing.assert_close(m(x)[0], ref)
 
 
-def test_head_dim_padding_is_exact():
-    """The zero-padding used on CUDA for narrow heads (MHA widths 2, 4) changes nothing."""
-    q, k, v = (torch.randn(2, 8, 64, 2, requires_grad=True) for _ in range(3))
-    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.7)
-    padded = _fused(q, k, v, 0.7, multiple=8)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="head padding is applied on CUDA only")
+def test_head_dim_padding_is_exact_on_cuda():
+    """The zero-padding of narrow heads (MHA widths 2, 4) to a multiple of 8 changes nothing."""
+    q, k, v = (torch.randn(2, 8, 64, 2, device="cuda", requires_grad=True) for _ in range(3))
+    padded = fused_attention(q, k, v, 0.7)
+    ref = attention_weights(q, k, 0.7) @ v
     assert padded.shape == ref.shape
-    torch.testing.assert_close(padded, ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(padded, ref, atol=1e-5, rtol=0)
     padded.sum().backward()
     assert q.grad.shape == q.shape
 
@@ -285,5 +324,8 @@ def test_training_path_uses_fused_kernel(name):
     assert any("scaled_dot_product" in o for o in ops), sorted(ops)
     # the CPU fused kernel, not the math fallback (which would call softmax anyway)
     assert not any("attention_math" in o for o in ops), sorted(ops)
-    ops = _op_names(lambda: m(x, return_attention=True))
+    ops = _op_names(lambda: block_maps(m, x))
     assert ops & SOFTMAX_OPS, sorted(ops)
+    with explicit_attention():
+        ops = _op_names(lambda: m(x))
+    assert ops & SOFTMAX_OPS and not any("scaled_dot_product" in o for o in ops), sorted(ops)

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnlab import bench
+from attnlab import bench, get_paper, list_papers
 from attnlab.cli import main
 from attnlab.data import DataUnavailableError
+from attnlab.papers import SpeedTarget
 
 TINY = bench.Settings(rounds=1, steps=1, loader_batches=1, fit_steps=2, explicit=True, batch_size=8,
                       eval_images=32)
@@ -100,7 +101,8 @@ def test_runs_empty(capsys, runs):
     ("--recipe", "sgdx", "unknown recipe 'sgdx'"),
     ("--profile", "huge", "unknown profile 'huge'"),
     ("--model-kw", '{"attn": "nope"}', "unknown attention block 'nope'"),
-    ("--model-kw", '{"depth": 3}', "unknown keyword"),
+    ("--model-kw", '{"depthh": 3}', "unknown option(s) ['depthh']"),
+    ("--model-kw", '{"depth": 3}', "depth must be 6n + 2"),
     ("--recipe-kw", '{"lrr": 1}', "unknown recipe field"),
 ])
 def test_train_bad_input(capsys, runs, option, value, message):
@@ -144,20 +146,27 @@ def test_unknown_command_and_reproduce_profile(capsys):
 # -- the benchmark's pieces, tiny ---------------------------------------------------------
 
 def test_explicit_attention_matches_fused():
-    from attnlab.layers import create_attn, selfatt
+    from torch.profiler import ProfilerActivity, profile
 
-    fused = selfatt._fused
+    from attnlab.layers import create_attn
+    from attnlab.layers.sdpa import explicit_attention
+
+    def softmax_calls(fn) -> int:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        return sum(e.name in ("aten::softmax", "aten::_softmax") for e in prof.events())
+
     torch.manual_seed(0)
     x = torch.randn(2, 16, 8, 8)
     for name in ("selfatt", "mha"):
         block = create_attn(name, 16, merge="residual").eval()
         with torch.no_grad():
             ref = block(x)
-            with bench.explicit_attention():
-                assert selfatt._fused is not fused
+            with explicit_attention():
                 out = block(x)
+                assert softmax_calls(lambda: block(x)) > 0  # the matrix is built
+            assert softmax_calls(lambda: block(x)) == 0  # and no longer after the block
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    assert selfatt._fused is fused
 
 
 def test_loader_and_fit_pieces():
@@ -168,9 +177,13 @@ def test_loader_and_fit_pieces():
     res = bench.bench_loader(train, cpu, step_s=0.05, s=TINY)
     assert [r["loader"] for r in res["rows"]] == [
         "attnlab DeviceLoader", "torchvision DataLoader, 0 workers", "torchvision DataLoader, 2 workers"]
-    assert all(r["ms_per_batch"] > 0 and 0 < r["share_of_step"] < 1 for r in res["rows"])
+    assert res["step_ms"] == pytest.approx(50.0)
+    for r in res["rows"]:  # share = data time / (data time + the 50 ms step)
+        t = r["ms_per_batch"] / 1000
+        assert r["share_of_step"] == pytest.approx(t / (t + 0.05))
     fit = bench.bench_fit("shapes", cpu, "fp32", TINY)
-    assert fit["fit_images_per_s"] > 0 and fit["bare_images_per_s"] > 0 and fit["ratio"] > 0
+    assert fit["ratio"] == pytest.approx(fit["fit_images_per_s"] / fit["bare_images_per_s"])
+    assert fit["steps"] == TINY.fit_steps and fit["precision"] == "fp32"
 
 
 def test_torchvision_loader_batches():
@@ -181,30 +194,84 @@ def test_torchvision_loader_batches():
     assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (16,)
 
 
+def test_speed_targets_are_every_papers():
+    expected = [(pid, t) for pid in list_papers() for t in get_paper(pid).targets]
+    assert bench.speed_targets() == expected
+    assert any(pid == "cnntention" for pid, _ in expected)
+
+
+def test_speed_targets_measured_side_by_side():
+    targets = [("p", SpeedTarget("CBAM r=8 step time", "resnet20_cbam", "resnet20", "step_time", "<=", 100.0,
+                                 {"reduction": 8}, batch_size=2)),
+               ("q", SpeedTarget("SE memory", "resnet20", "resnet20", "extra_memory_gib", model_kw={"attn": "se"},
+                                 batch_size=2))]
+    s = bench.Settings(rounds=1, steps=1, loader_batches=1, fit_steps=1, explicit=True, batch_size=8)
+    res = bench.bench_attention(torch.device("cpu"), "fp32", s, targets)
+    (group,) = res["groups"]  # one reference at one batch size: one side-by-side comparison
+    assert group["reference"] == "resnet20" and group["batch_size"] == 2
+    rows = {r["model"]: r for r in group["rows"]}
+    assert list(rows) == ["resnet20", "resnet20_cbam (reduction=8)", "resnet20 (attn=se)"]  # no attention matrices
+    assert rows["resnet20"]["x_reference"] == 1.0
+    cbam, se = res["comparisons"]
+    assert cbam["value"] == rows["resnet20_cbam (reduction=8)"]["x_reference"] and cbam["paper"] == "p"
+    assert se["value"] == rows["resnet20 (attn=se)"]["extra_GiB"] and se["limit"] is None
+    checked = bench._targets({"loader": {"rows": [{"loader": "attnlab", "share_of_step": 0.01}]},
+                              "fit": {"ratio": 1.0}, "attention": res})
+    assert [t["name"] for t in checked if t.get("paper")] == ["CBAM r=8 step time"]  # SE: measured only
+    with pytest.raises(ValueError, match="unknown measure 'flops'.*step_time"):
+        bench.bench_attention(torch.device("cpu"), "fp32", s, [("p", SpeedTarget("x", "resnet20", "resnet20", "flops"))])
+
+
+def _recheck(target: dict) -> bool:
+    """A target's verdict recomputed from its value and its stated limit ("<= 2.5x")."""
+    op, limit = target["target"].split()
+    limit = float(limit.rstrip("x"))
+    return {"<=": target["value"] <= limit, "<": target["value"] < limit, ">=": target["value"] >= limit}[op]
+
+
 def test_bench_command_tiny(capsys, runs, monkeypatch, tmp_path):
-    """The whole ``bench --json --cifar-quick`` path at tiny sizes, CIFAR replaced by shapes."""
+    """The whole ``bench --json --cifar-quick`` path at tiny sizes, CIFAR replaced by shapes,
+    CNNtention's speed targets only (each paper's own are measured the same way)."""
     original = bench.bench_cifar
     monkeypatch.setattr(bench.Settings, "for_mode", classmethod(lambda cls, quick: TINY))
     monkeypatch.setattr(bench, "bench_cifar", lambda: original("shapes", "smoke", progress=False))
+    monkeypatch.setattr(bench, "speed_targets", lambda: [("cnntention", t) for t in get_paper("cnntention").targets])
+    monkeypatch.setattr(bench, "EXPLICIT_BUDGET", 0.1 * 2**30)  # SelfAtt's matrices fit at batch 8, MHA's not
     out_file = tmp_path / "bench.json"
     code, out, err = run_cli(capsys, "bench", "--quick", "--cifar-quick", "--json", "--out", str(out_file))
     assert code == 0
     res = last_json(out)
     assert res == json.loads(out_file.read_text())
     assert {"environment", "loader", "fit", "precision", "attention", "cifar", "targets"} <= set(res)
-    models = [r["model"] for r in res["attention"]["rows"]]
-    assert models[:4] == ["resnet20", "selfatt", "mha", "cbam"] and "explicit" in models[4]
+    (group,) = res["attention"]["groups"]
+    assert group["reference"] == "resnet20" and group["batch_size"] == TINY.batch_size
+    assert [r["model"] for r in group["rows"]] == [
+        "resnet20", "resnet20_selfatt", "resnet20_mha", "resnet20_cbam",
+        "resnet20_selfatt, explicit N x N", "resnet20_mha, explicit N x N"]
+    explicit_sa, explicit_mha = group["rows"][4:]
+    assert explicit_sa["step_ms"] > 0 and explicit_mha["step_ms"] is None and "skipped" in explicit_mha["note"]
+    # the loader's share is of the ResNet-20 step measured beside the attention models
+    assert res["loader"]["step_ms"] == pytest.approx(group["step_ms"])
     names = [t["name"] for t in res["targets"]]
     assert any("loader" in n for n in names) and any("fit" in n for n in names)
-    assert sum("step time" in n for n in names) == 3 and sum("extra peak memory" in n for n in names) == 3
-    assert sum("evaluation, process peak memory" in n for n in names) == 3
-    assert [r["model"] for r in res["eval_memory"]["rows"]] == ["resnet20", "selfatt", "mha", "cbam"]
+    assert [n for n in names if "vs ResNet-20" in n] == [
+        "SelfAtt step time vs ResNet-20", "MHA step time vs ResNet-20", "CBAM step time vs ResNet-20"]
+    assert sum("extra peak memory" in n for n in names) == 3
+    assert [r["model"] for r in res["eval_memory"]["rows"]] == [
+        "resnet20", "resnet20_selfatt", "resnet20_mha", "resnet20_cbam"]
+    assert [r["reference"] for r in res["eval_memory"]["rows"]] == [True, False, False, False]
+    assert sum("evaluation, process peak memory" in n for n in names) == 3  # not for the reference
     assert all(0 < r["peak_rss_GiB"] < 64 for r in res["eval_memory"]["rows"])
     assert sum("CIFAR-10 quick test accuracy" in n for n in names) == 2  # single view, flip TTA
-    assert all(isinstance(t["passed"], bool) for t in res["targets"])
+    for t in res["targets"]:
+        assert t["passed"] == _recheck(t), t
     assert res["cifar"]["dataset"] == "shapes" and 0 <= res["cifar"]["test_acc"] <= 1
     assert 0 <= res["cifar"]["test_acc_flip"] <= 1
-    assert "Targets:" in out and ("PASS" in out or "FAIL" in out)
+    assert "Targets:" in out
+    report = out[out.index("Targets:"):].splitlines()[:-1]  # the JSON object is the last line
+    for t in res["targets"]:  # each target printed once, with its verdict
+        (line,) = [ln for ln in report if t["name"] in ln and t["target"] in ln]
+        assert line.rstrip().endswith("PASS" if t["passed"] else "FAIL")
 
 
 def test_bench_cifar_not_imported(monkeypatch):
@@ -214,7 +281,7 @@ def test_bench_cifar_not_imported(monkeypatch):
     report = bench.format_report({
         "environment": {"device_name": "cpu", "device": "cpu", "precision": "fp32", "torch": "x"},
         "mode": "quick", "data": "shapes",
-        "attention": {"batch_size": 8, "rows": []},
+        "attention": {"precision": "fp32", "groups": [], "comparisons": []},
         "precision": {"fp32_step_ms": 2.0, "bf16_step_ms": 1.0, "speedup": 2.0, "native_bf16": True},
         "loader": {"batch_size": 8, "step_ms": 1.0, "rows": []},
         "fit": {"steps": 1, "precision": "fp32", "fit_images_per_s": 1.0, "bare_images_per_s": 1.0, "ratio": 1.0},
@@ -232,6 +299,43 @@ def test_reproduce_notebook_glob(tmp_path, monkeypatch):
     assert _notebooks_dir(Namespace(notebooks="02*.ipynb", notebooks_dir="/x/nb")) == (Path("/x/nb"), "02*.ipynb")
     folder, pattern = _notebooks_dir(Namespace(notebooks="[0-9][0-9]*.ipynb", notebooks_dir=None))
     assert folder.name == "notebooks" and pattern == "[0-9][0-9]*.ipynb"
+
+
+def test_papers_command(capsys):
+    code, out, _ = run_cli(capsys, "papers")
+    assert code == 0
+    for pid in list_papers():
+        p = get_paper(pid)
+        (line,) = [ln for ln in out.splitlines() if ln.split()[:1] == [pid]]
+        assert p.title in line and str(len(p.models)) in line.split()
+    code, out, _ = run_cli(capsys, "papers", "--json")
+    listed = last_json(out)["papers"]
+    assert [p["id"] for p in listed] == list_papers()
+    assert listed[0]["link"] == get_paper(listed[0]["id"]).link
+
+
+def test_papers_command_one_paper(capsys):
+    code, out, _ = run_cli(capsys, "papers", "cnntention")
+    assert code == 0
+    assert "CNNtention: Can CNNs do better with Attention?" in out and "arxiv.org/abs/2412.11657" in out
+    cbam = next(ln for ln in out.splitlines() if ln.split()[:1] == ["resnet20_cbam"])
+    assert "cbam(merge=residual)" in cbam and "cnntention_cbam" in cbam and cbam.count("270,691") == 2
+    mha = next(ln for ln in out.splitlines() if ln.split()[:1] == ["resnet20_mha"])
+    assert mha.rstrip().endswith("yes")  # slow on a CPU
+    assert "Published numbers" in out and "8.68" in out and "Ablation axes" in out and "8, 16, 32" in out
+    code, out, _ = run_cli(capsys, "papers", "cnntention", "--json")
+    paper = last_json(out)
+    assert [m["name"] for m in paper["models"]] == ["resnet20_selfatt", "resnet20_mha", "resnet20_cbam"]
+    assert all(m["params"] == m["pinned"] for m in paper["models"])
+    assert len(paper["claims"]) == len(get_paper("cnntention").claims)
+    assert {a["parameter"] for a in paper["ablations"]} == {"merge", "reduction", "placement"}
+
+
+def test_papers_command_unknown_id(capsys):
+    code, out, err = run_cli(capsys, "papers", "nope")
+    assert code == 2 and out == ""
+    assert err.startswith("attnlab: error: unknown paper 'nope'") and "cnntention" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_ablate_command(capsys, runs):

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
-from attnlab import create_model
+from attnlab import cost, create_model
 from attnlab.cost import (count_flops, count_params, cost_table, flops_by_module, peak_memory,
-                          throughput)
+                          step_seconds, throughput)
 
 STAGES = [(16, 32 * 32), (32, 16 * 16), (64, 8 * 8)]  # (C, HW) after each ResNet-20 stage
 
@@ -52,13 +53,50 @@ def test_count_flops_leaves_the_model_alone():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_throughput_positive_and_model_untouched():
-    model = create_model("resnet20")
+class Counting(nn.Module):
+    """Counts its forward passes (over deep copies too, hence a class attribute)."""
+
+    calls = 0
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 10)
+
+    def forward(self, x):
+        type(self).calls += 1
+        return self.lin(x.mean((2, 3)))
+
+
+class FakeClock:
+    """``perf_counter`` reading 10.0 at the start of the timed steps and 11.5 at the end."""
+
+    def __init__(self):
+        self.readings = iter([10.0, 11.5])
+
+    def perf_counter(self):
+        return next(self.readings)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_step_time_is_timed_steps_over_the_clock(monkeypatch, train):
+    Counting.calls = 0
+    monkeypatch.setattr(cost, "time", FakeClock())
+    seconds = step_seconds(Counting(), 4, (3, 8, 8), device="cpu", precision="fp32", train=train,
+                           steps=3, warmup=2)
+    assert seconds == pytest.approx(1.5 / 3)  # the warm-up steps are not timed
+    assert Counting.calls == 2 + 3
+    monkeypatch.setattr(cost, "time", FakeClock())
+    assert throughput(Counting(), 4, (3, 8, 8), device="cpu", precision="fp32", train=train,
+                      steps=3, warmup=0) == pytest.approx(4 / 0.5)
+
+
+def test_timing_trains_a_copy_and_leaves_the_model_alone():
+    model = create_model("resnet20").eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    for train in (True, False):
-        ips = throughput(model, 4, device="cpu", precision="fp32", train=train, steps=1, warmup=1)
-        assert ips > 0
+    throughput(model, 4, device="cpu", precision="fp32", train=True, steps=1, warmup=1)
+    throughput(model, 4, device="cpu", precision="fp32", train=False, steps=1, warmup=1)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not model.training and all(p.grad is None for p in model.parameters())
 
 
 def test_peak_memory_grows_with_the_batch():
@@ -81,6 +119,9 @@ def test_cost_table_with_speed_and_memory():
     frame = cost_table(models, batch_size=2, device="cpu", precision="fp32", steps=1)
     assert list(frame.columns) == ["model", "params", "MFLOPs", "train img/s", "infer img/s",
                                    "train step ms", "peak MiB (train)", "x resnet20"]
-    assert frame["x resnet20"].iloc[0] == 1.0
-    assert (frame["train img/s"] > 0).all()
+    assert frame["params"].tolist() == [269_722, 269_722 + 969]  # CBAM r=16 adds 969
+    assert frame["MFLOPs"].iloc[1] > frame["MFLOPs"].iloc[0]
+    ms = frame["train step ms"]
+    assert frame["x resnet20"].tolist() == pytest.approx((ms / ms.iloc[0]).tolist())
+    assert frame["train img/s"].tolist() == pytest.approx((2 * 1000 / ms).tolist())  # batch 2
     assert frame.attrs["device"] == "cpu" and frame.attrs["precision"] == "fp32"

@@ -12,9 +12,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from attnlab import create_model, plots  # noqa: E402
-from attnlab.explain import (attention_maps, gate_table, gradcam, localisation_score,  # noqa: E402
-                             upsample_to)
+from attnlab import collect_maps, create_model, plots  # noqa: E402
+from attnlab.explain import (PLOT_RULES, attention_maps, gate_table, gradcam,  # noqa: E402
+                             localisation_score, plot_entries, upsample_to)
+from attnlab.layers import MAP_KINDS, MapSource  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -88,14 +89,14 @@ def test_attention_maps_shapes_and_rows(attn, kw, heads):
     assert model.training
     assert set(maps) == {"attn1", "attn2", "attn3"}
     model.eval()
-    with torch.no_grad():
-        _, full = model(x, return_attention=True)  # whole (B, h, N, N) matrices
+    with torch.no_grad(), collect_maps(model) as full:  # whole matrices, every query row
+        model(x)
     for i, side in enumerate((32, 16, 8), start=1):
         m = maps[f"attn{i}"]
         assert m.shape == (2, heads, side, side)
         assert torch.allclose(m.sum((2, 3)), torch.ones(2, heads), atol=1e-5)
         row, col = query[0] * side // 32, query[1] * side // 32
-        expected = full[f"attn{i}"]["attn"][:, :, row * side + col].reshape(2, heads, side, side)
+        expected = full[f"attn{i}"]["attention"][:, :, row * side + col]  # B, heads, side, side
         assert torch.allclose(m, expected, atol=1e-5)
 
 
@@ -105,6 +106,54 @@ def test_attention_maps_cbam():
     for i, (side, c) in enumerate(((32, 16), (16, 32), (8, 64)), start=1):
         assert maps[f"attn{i}"].shape == (2, 1, side, side)
         assert maps[f"attn{i}.channel"].shape == (2, c)
+
+
+def test_attention_maps_in_block_placement():
+    model = create_model("resnet20_cbam", placement="block")
+    maps = attention_maps(model, torch.randn(1, 3, 32, 32), (4, 4))
+    assert maps["layer3.2.attn"].shape == (1, 1, 8, 8) and maps["layer1.0.attn.channel"].shape == (1, 16)
+    assert len(maps) == 2 * 9
+
+
+class Emitter(MapSource, nn.Module):
+    """Emits given maps as a block would."""
+
+    def __init__(self, **maps):
+        super().__init__()
+        self.maps = maps
+
+    def forward(self, x):
+        if self.collecting:
+            for kind, value in self.maps.items():
+                self.emit(kind, value)
+        return x
+
+
+def test_every_map_kind_has_one_plotting_rule():
+    assert set(PLOT_RULES) == set(MAP_KINDS)
+    with pytest.raises(ValueError, match="no plotting rule for map kind 'saliency'"):
+        plot_entries("attn1", "saliency", torch.zeros(1, 1, 4, 4), (0, 0), (8, 8))
+
+
+def test_plotting_rules_per_kind():
+    mask = torch.rand(2, 6, 4, 4)
+    groups = torch.rand(2, 3, 4, 4)
+    model = nn.Sequential(Emitter(mask=mask), Emitter(spatial=groups, gate=torch.ones(1)),
+                          Emitter(spatial=groups[:, :1], mask=mask))
+    maps = attention_maps(model, torch.zeros(2, 3, 8, 8), (1, 1))
+    assert set(maps) == {"0", "1", "2", "2.mask"}  # gates are not drawn
+    torch.testing.assert_close(maps["0"], mask.mean(1, keepdim=True))  # per-channel mask: its mean
+    torch.testing.assert_close(maps["1"], groups)  # one spatial mask per group, as emitted
+    torch.testing.assert_close(maps["2"], groups[:, :1])  # the second drawable kind keeps its own key
+    torch.testing.assert_close(maps["2.mask"], mask.mean(1, keepdim=True))
+
+
+def test_attention_rule_picks_the_query_row_of_a_full_matrix():
+    a = torch.rand(1, 2, 16, 4, 4)  # a block that built every row of a 4x4 grid
+    full = attention_maps(nn.Sequential(Emitter(attention=a)), torch.zeros(1, 3, 8, 8), (5, 2))
+    torch.testing.assert_close(full["0"], a[:, :, (5 * 4 // 8) * 4 + 2 * 4 // 8])
+    with pytest.raises(ValueError, match="query rows"):
+        attention_maps(nn.Sequential(Emitter(attention=a[:, :, :3])), torch.zeros(1, 3, 8, 8), (0, 0))
 
 
 def test_attention_maps_query_outside_input():

@@ -28,17 +28,43 @@ CELL_TIMEOUT_S = 120
 NOTEBOOK_BUDGET_S = 120
 REQUIRED_PARAMETERS = {"PROFILE", "DATASET", "OUT_DIR"}
 
-# Keys every notebook's results.json has, plus those of particular notebooks.
+# Keys every notebook's results.json has, plus those of each notebook: one entry per
+# notebook (test_every_notebook_has_result_keys asks a new notebook for its entry).
 COMMON_KEYS = {"dataset", "profile"}
 RESULT_KEYS = {
     "00_getting_started": {"test_acc", "val_acc", "wall_s", "n_train", "env"},
-    "01_resnet_baseline": {"recipe", "seeds", "test_acc", "test_acc_mean", "test_acc_std", "params",
-                           "published", "mnist", "env"},
+    "01_resnet_baseline": {"recipe", "seeds", "lr_schedule", "test_acc", "test_acc_mean", "test_acc_std",
+                           "params", "published", "mnist", "env"},
+    "02_cnntention": {"paper", "recipes", "seeds", "restrictions", "table", "differences", "verdict", "runs",
+                      "ablations", "gates", "localisation", "mnist", "cost", "published", "env"},
+    "03_residual_attention": {"seeds", "params", "tiny", "tiny_summary", "cost", "stage_cost", "ablations",
+                              "published", "restrictions", "commands", "localisation", "env"},
+    "04_aaconv": {"seeds", "test_acc", "summary", "params", "cost", "memory", "ablations", "published",
+                  "commands", "env"},
+    "05_embedding_attention": {"seeds", "test_acc", "by_mode", "params", "metrics", "search", "published",
+                               "env"},
+    "06_abcnn": {"recipe", "seeds", "test_acc", "test_top5", "summary", "params", "published",
+                 "maps", "ablations", "gpu_commands", "env"},
 }
 
 
 def test_there_are_notebooks():
     assert NOTEBOOKS, f"no notebooks matching {NOTEBOOK_PATTERN} in {NOTEBOOKS_DIR}"
+
+
+def test_every_notebook_has_result_keys():
+    missing = [stem for stem in IDS if stem not in RESULT_KEYS]
+    assert not missing, f"add a RESULT_KEYS entry for {missing} (the keys its results.json must have)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_defines_no_helpers(path):
+    # notebooks set parameters, call the package, narrate and plot; logic lives in attnlab
+    nb = nbformat.read(str(path), as_version=4)
+    found = [(i, type(node).__name__) for i, c in enumerate(nb.cells) if c.cell_type == "code"
+             for node in ast.walk(ast.parse(c.source))
+             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda))]
+    assert not found, f"{path.name}: cells define functions or classes {found}; move them into the package"
 
 
 def assigned_names(source: str) -> set[str]:

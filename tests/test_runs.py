@@ -30,9 +30,18 @@ def test_run_is_stored_and_then_loaded_from_cache(tmp_path, monkeypatch):
 
 
 def test_config_changes_change_the_key():
-    assert smoke().key != smoke(seed=1).key != smoke(model_kw={"shortcut": "B"}).key
-    assert smoke().key == smoke().key
+    keys = {smoke().key, smoke(seed=1).key, smoke(model_kw={"shortcut": "B"}).key,
+            smoke().replace(recipe="adam").key, smoke(data_kw={"train_subset": 128}).key}
+    assert len(keys) == 5
     assert smoke().dirname.startswith("resnet20-shapes-smoke-s0-")
+
+
+def test_a_stored_config_read_back_keeps_its_key():
+    """config.json turns tuples into lists; the run read back must find its own folder."""
+    cfg = smoke(model_kw={"attn": "se", "attn_stages": (2, 3)}, recipe_kw={"milestones": (0.5,)})
+    again = RunConfig(**{k: v for k, v in json.loads(json.dumps(cfg.to_dict())).items() if k != "version"})
+    assert again.model_kw["attn_stages"] == [2, 3] and again.key == cfg.key
+    assert smoke(model_kw={"attn": "se", "attn_stages": (2,)}).key != cfg.key
 
 
 def test_unfinished_run_is_never_read_as_finished(tmp_path):
@@ -71,7 +80,7 @@ def test_interrupted_run_resumes(tmp_path, monkeypatch):
 def test_corrupt_metrics_means_retrain(tmp_path):
     run = train_or_load(smoke(), tmp_path, progress=False)
     (run.dir / "metrics.json").write_text("{not json")
-    with pytest.warns(UserWarning, match="unreadable"):
+    with pytest.warns(UserWarning, match="metrics.json is damaged.*again"):
         again = train_or_load(smoke(), tmp_path, progress=False)
     assert again.finished
 

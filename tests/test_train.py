@@ -191,3 +191,38 @@ def test_flip_test_result_only_for_models_trained_with_flips(tiny_data):
     plain = load_data("shapes", train_subset=256, eval_subset=128, augment="crop")
     h = fit(create_model("resnet20"), plain, small_recipe(epochs=1), progress=False)
     assert h.test and h.test_flip == {}
+
+
+def test_live_display_is_a_callback_registered_from_outside(tiny_data, monkeypatch):
+    from attnlab import train
+
+    monkeypatch.setattr(train, "_live_display", None)
+    with pytest.raises(ValueError, match="live display"):
+        fit(create_model("resnet20"), tiny_data, small_recipe(epochs=1), progress=False, live=True)
+    seen = []
+    train.set_live_display(lambda: (lambda history: seen.append(history.epochs)))
+    fit(create_model("resnet20"), tiny_data, small_recipe(epochs=1, max_steps_per_epoch=1), progress=False,
+        evaluate_test=False)
+    assert seen == []  # the default follows ``progress``
+    fit(create_model("resnet20"), tiny_data, small_recipe(epochs=2, max_steps_per_epoch=1), progress=False,
+        live=True, evaluate_test=False)
+    assert seen == [1, 2]  # after every epoch
+
+
+def test_notebook_setup_registers_live_curves_and_training_never_imports_figures(monkeypatch, capsys):
+    import ast
+    import inspect
+
+    from attnlab import notebook, plots, train
+
+    monkeypatch.setattr(train, "_live_display", None)
+    monkeypatch.setattr(notebook, "in_notebook", lambda: False)
+    notebook.setup()
+    assert train._live_display is None  # a terminal gets no figures
+    monkeypatch.setattr(notebook, "in_notebook", lambda: True)
+    notebook.setup()
+    assert train._live_display is plots.LiveCurves
+    tree = ast.parse(inspect.getsource(train))
+    imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if "plots" in m or "matplotlib" in m or "IPython" in m}

@@ -5,9 +5,10 @@
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -55,20 +56,33 @@ def dataset_info(name: str) -> DatasetInfo:
 
 def _official(name: str, split: str, root: Path, path: Optional[Path]) -> ImageSet:
     """The official ``train`` or ``test`` split, from the cache or built once."""
+    if name == "imagefolder" and path is None:
+        raise ValueError("dataset 'imagefolder' needs path=<folder or .tar.gz with train/ and test/>")
     key = {"imagefolder": imagefolder_key(path) if path else "", "shapes": f"shapes-v{SHAPES_VERSION}"}.get(name, name)
     cpath = cache_path(root, key, split)
+    # an ImageFolder's classes come from its training split, whichever split is asked for
+    classes = _official(name, "train", root, path).classes if name == "imagefolder" and split != "train" else None
     data = load_cache(cpath)
+    if data is not None and classes is not None and data.classes != classes:
+        data = None  # cached before the classes were taken from the training split
     if data is None:
         if name == "shapes":  # generating takes seconds; loading the cache a fraction of one
             data = load_shapes(split)
         elif name == "imagefolder":
-            if path is None:
-                raise ValueError("dataset 'imagefolder' needs path=<folder or .tar.gz with train/ and test/>")
-            data = read_imagefolder(Path(path), split, "imagefolder")
+            data = read_imagefolder(Path(path), split, "imagefolder", classes=classes)
         else:
             data = from_torchvision(name, split, root)
-        save_cache(data, cpath)
+        _save_cache_if_possible(data, cpath)
     return data
+
+
+def _save_cache_if_possible(data: ImageSet, cpath: Path) -> None:
+    """A read-only or full data folder costs the next load a rebuild, not this one its data."""
+    try:
+        save_cache(data, cpath)
+    except OSError as exc:
+        warnings.warn(f"could not write the data cache {cpath} ({exc.strerror or exc}); continuing "
+                      "without it (set ATTNLAB_DATA to a writable folder to cache)", stacklevel=3)
 
 
 def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,6 +102,7 @@ def load_dataset(name: str, split: str = "train", root: str | Path | None = None
     info = dataset_info(name)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    check_data_options(name, val_size=val_size, split_seed=split_seed, path=path)
     root = Path(root) if root is not None else data_root()
     if split == "test":
         return _official(name, "test", root, path)
@@ -146,17 +161,48 @@ class DataSplits:
         return self.train.images.shape[1]
 
     def loader(self, split: str, batch_size: int = 128, device="cpu", seed: int = 0,
-               augment: Optional[str] = None) -> DeviceLoader:
-        """Training loader shuffles and augments; evaluation loaders do neither."""
+               augment: Optional[str] = None, mean: Optional[Sequence[float]] = None,
+               std: Optional[Sequence[float]] = None) -> DeviceLoader:
+        """Training loader shuffles and augments; evaluation loaders do neither.
+
+        ``mean`` / ``std`` replace the training-set statistics, for weights trained with
+        other ones (a released checkpoint states what it expects).
+        """
         data = {"train": self.train, "val": self.val, "test": self.test}[split]
         train = split == "train"
-        return DeviceLoader(data, batch_size, mean=self.mean, std=self.std, shuffle=train,
+        mean, std = (self.mean if mean is None else list(mean)), (self.std if std is None else list(std))
+        if len(mean) != self.in_channels or len(std) != self.in_channels:
+            raise ValueError(f"mean and std need {self.in_channels} values (one per channel), "
+                             f"got {len(mean)} and {len(std)}")
+        return DeviceLoader(data, batch_size, mean=mean, std=std, shuffle=train,
                             augment=(augment or self.augment) if train else "none",
                             device=device, seed=seed, drop_last=False)
 
     def summary(self) -> str:
         return (f"{self.name}: train {len(self.train)}, val {len(self.val)}, test {len(self.test)}, "
                 f"{self.num_classes} classes, {tuple(self.train.shape)}, augment {self.augment}")
+
+
+def _check_count(name: str, value, minimum: int = 1) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise ValueError(f"{name} must be an integer >= {minimum} or None (all), got {value!r}")
+
+
+def check_data_options(name: str, *, val_size=None, split_seed=0, train_subset=None, eval_subset=None,
+                       augment=None, path=None) -> None:
+    """Types and ranges of :func:`load_data`'s options, with what is allowed (a run config
+    checks its ``data_kw`` with it when it is built)."""
+    for option, value in (("train_subset", train_subset), ("eval_subset", eval_subset), ("val_size", val_size)):
+        _check_count(option, value)
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int) or not 0 <= split_seed < 2**63:
+        raise ValueError(f"split_seed must be an integer in [0, 2**63), got {split_seed!r}")
+    if augment is not None and augment not in AUGMENTS:
+        raise ValueError(f"unknown augment {augment!r}; allowed: {', '.join(AUGMENTS)}")
+    if path is not None and not isinstance(path, (str, Path)):
+        raise ValueError(f"path must be a folder or archive path, got {path!r}")
+    if path is not None and name != "imagefolder":
+        raise ValueError(f"path= is for dataset 'imagefolder'; {name!r} is found by name "
+                         "(import an offline copy with: python -m attnlab data import)")
 
 
 def subsample(data: ImageSet, n: Optional[int], seed: int = 0) -> ImageSet:
@@ -171,8 +217,14 @@ def load_data(name: str, root: str | Path | None = None, *, val_size: Optional[i
               split_seed: int = 0, train_subset: Optional[int] = None,
               eval_subset: Optional[int] = None, path: str | Path | None = None,
               augment: Optional[str] = None) -> DataSplits:
-    """Everything a training run needs. Subsets (for quick profiles) are seeded and logged."""
+    """Everything a training run needs. Subsets (for quick profiles) are seeded and logged.
+
+    ``train_subset`` / ``eval_subset``: at most this many training / validation and test
+    images (None: all); ``val_size``: images held out of the official training set.
+    """
     info = dataset_info(name)
+    check_data_options(name, val_size=val_size, split_seed=split_seed, train_subset=train_subset,
+                       eval_subset=eval_subset, augment=augment, path=path)
     root = Path(root) if root is not None else data_root()
     full = _official(name, "train", root, path)
     tr, va = split_indices(len(full), _val_size(info, len(full), val_size), split_seed)
@@ -196,16 +248,18 @@ def import_dataset(name: str, source: str | Path, root: str | Path | None = None
     info = DATASETS[name]
     root = Path(root) if root is not None else data_root()
     classes = CIFAR10_CLASSES if name == "cifar10" else None
-    counts = {}
-    for split in ("train", "test"):
+    decoded = {}
+    for split in ("train", "test"):  # both decoded and checked before either is cached
         data = read_imagefolder(Path(source), split, name, info.in_channels, classes)
+        classes = data.classes  # the test split is labelled with the training split's classes
         if data.num_classes != info.num_classes:
             raise ValueError(f"{source} has {data.num_classes} classes for {split}; {name} has {info.num_classes}")
         if data.shape[1:] != (info.size, info.size):
             raise ValueError(f"{source} images are {data.shape[1:]}, {name} needs {info.size}x{info.size}")
+        decoded[split] = data
+    for split, data in decoded.items():
         save_cache(data, cache_path(root, name, split))
-        counts[split] = len(data)
-    return counts
+    return {split: len(data) for split, data in decoded.items()}
 
 
 def cached_datasets(root: str | Path | None = None) -> dict[str, list[str]]:
@@ -222,5 +276,5 @@ __all__ = [
     "ImageSet", "DataSplits", "DeviceLoader", "DatasetInfo", "DATASETS", "SHAPE_CLASSES",
     "DataUnavailableError", "load_dataset", "load_data", "list_datasets", "dataset_info",
     "import_dataset", "cached_datasets", "channel_stats", "random_crop_flip", "split_indices",
-    "save_cache", "load_cache", "subsample",
+    "save_cache", "load_cache", "subsample", "check_data_options",
 ]

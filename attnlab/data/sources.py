@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+import zlib
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -58,11 +59,17 @@ def from_torchvision(name: str, split: str, root: Path) -> ImageSet:
                     [c.split(" - ")[0] for c in ds.classes], name, split)
 
 
-def _decode(raw: bytes, channels: int) -> np.ndarray:
+def _decode(raw: bytes, channels: int, where: str) -> np.ndarray:
+    """Decode one image; a file that is not a readable image stops the import, naming it
+    (skipping it would silently change the dataset)."""
     from PIL import Image
 
-    img = Image.open(io.BytesIO(raw))
-    img = img.convert("L" if channels == 1 else "RGB")
+    try:
+        img = Image.open(io.BytesIO(raw))
+        img = img.convert("L" if channels == 1 else "RGB")
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for a broken file
+        raise ValueError(f"{where} is not a readable image ({type(exc).__name__}: {exc}); "
+                         "stopped without importing anything: remove or replace it and run again") from None
     arr = np.asarray(img, dtype=np.uint8)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
@@ -75,11 +82,16 @@ def _walk_folder(folder: Path) -> Iterator[tuple[str, str, bytes]]:
 
 
 def _walk_tar(archive: Path) -> Iterator[tuple[str, str, bytes]]:
-    with tarfile.open(archive, "r:*") as tar:
-        for m in tar:
-            if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES:
-                parent, fname = m.name.rsplit("/", 1) if "/" in m.name else ("", m.name)
-                yield parent.lstrip("./"), fname, tar.extractfile(m).read()
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for m in tar:
+                if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES:
+                    parent, fname = m.name.rsplit("/", 1) if "/" in m.name else ("", m.name)
+                    yield parent.lstrip("./"), fname, tar.extractfile(m).read()
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        # EOFError / zlib.error: a .tar.gz cut short; TarError: not a tar archive at all
+        raise ValueError(f"{archive} is not a complete tar archive ({type(exc).__name__}: {exc}); "
+                         "copy or download it again") from None
 
 
 def _entries(source: Path, split: str) -> Iterator[tuple[str, str, bytes]]:
@@ -100,21 +112,32 @@ def _entries(source: Path, split: str) -> Iterator[tuple[str, str, bytes]]:
 
 def read_imagefolder(source: Path, split: str, name: str, channels: int = 3,
                      classes: Optional[list[str]] = None) -> ImageSet:
-    """Decode an ImageFolder split (``<split>/<class>/<image>``) into an :class:`ImageSet`."""
+    """Decode an ImageFolder split (``<split>/<class>/<image>``) into an :class:`ImageSet`.
+
+    Labels number ``classes`` in order (for every split but the training split, pass the
+    training split's classes: each split numbering its own folders would give a test
+    split lacking one class shifted labels). A class missing from, or extra in, the split
+    is an error that names it; so is a split with fewer than two classes.
+    """
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"{source} does not exist")
     by_class: dict[str, list[tuple[str, np.ndarray]]] = {}
     for parent, fname, raw in _entries(source, split):
         cls = parent.split("/")[-1]
-        by_class.setdefault(cls, []).append((fname, _decode(raw, channels)))
+        by_class.setdefault(cls, []).append((fname, _decode(raw, channels, f"{source}: {parent}/{fname}")))
     if not by_class:
         raise FileNotFoundError(f"no images found for split {split!r} in {source}")
     found = sorted(by_class)
     if classes is None:
         classes = found
-    elif set(found) - set(classes):
-        raise ValueError(f"{source} has classes {sorted(set(found) - set(classes))} not in {classes}")
+    missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
+    if missing or extra:
+        raise ValueError(f"the {split!r} split of {source} does not have the training classes {list(classes)}: "
+                         + "; ".join([f"missing {missing}"] * bool(missing) + [f"extra {extra}"] * bool(extra)))
+    if len(classes) < 2:
+        raise ValueError(f"{source} has {len(classes)} class(es) {list(classes)} in its {split!r} split; "
+                         "classification needs at least 2 (one folder per class)")
     images, labels = [], []
     for label, cls in enumerate(classes):
         for _, arr in sorted(by_class.get(cls, []), key=lambda t: t[0]):

@@ -51,6 +51,8 @@ class ChannelAttention(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 16, bias: bool = False):
         super().__init__()
+        if reduction < 1:
+            raise ValueError(f"CBAM reduction must be an integer >= 1 (hidden = channels // reduction), got {reduction}")
         hidden = channels // reduction
         if hidden < 1:
             warnings.warn(

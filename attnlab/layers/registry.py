@@ -17,8 +17,10 @@ way: ``registry`` <- block files <- ``layers/__init__`` <- backbones.
 from __future__ import annotations
 
 import inspect
+import types
+import typing
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Literal, Optional, Union
 
 from torch import nn
 
@@ -54,7 +56,54 @@ class BlockEntry:
         missing = [k for k, v in opts.items() if v is inspect.Parameter.empty and k not in kw]
         if missing:
             raise TypeError(f"attention block {self.name!r} needs option(s) {missing}")
+        check_option_types(f"attention block {self.name!r}", self.factory, kw)
         return {**opts, **kw}
+
+
+def _hint_text(hint) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def _matches(value, hint) -> bool:
+    """Whether ``value`` fits the annotation ``hint`` (ints count as floats, bools as neither)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin is Union or origin is types.UnionType:
+        return any(_matches(value, a) for a in args)
+    if origin is Literal:
+        return value in args
+    if hint is type(None) or hint is None:
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin in (tuple, list) or hint in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return not args or (len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args)))
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # an annotation this check does not understand accepts anything
+
+
+def check_option_types(owner: str, factory: Callable, values: dict) -> None:
+    """Raise TypeError when a value in ``values`` does not fit the annotation of the
+    same-named parameter of ``factory`` (a class or function), saying what is allowed."""
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: nothing to check against
+        return
+    for key, value in values.items():
+        if key in hints and not _matches(value, hints[key]):
+            raise TypeError(f"{owner} option {key} must be {_hint_text(hints[key])}, "
+                            f"got {value!r} ({type(value).__name__})")
 
 
 _BLOCKS: dict[str, BlockEntry] = {}
@@ -98,4 +147,5 @@ def create_attn(name: Optional[str], *args, **kw) -> Optional[nn.Module]:
     if name is None or name == "none":
         return None
     entry = get_attn(name)
-    return entry.factory(*args, **entry.resolve(kw))
+    role_kw = {k: kw.pop(k) for k in ROLE_ARGS[entry.role] if k in kw}  # e.g. stride=2 by name
+    return entry.factory(*args, **role_kw, **entry.resolve(kw))

@@ -21,6 +21,8 @@ class SqueezeExcite(MapSource, nn.Module):
 
     def __init__(self, channels: int, reduction: int = 16, bias: bool = True, merge: str = "plain"):
         super().__init__()
+        if reduction < 1:
+            raise ValueError(f"SE reduction must be an integer >= 1 (hidden = channels // reduction), got {reduction}")
         self.merge = Merge(merge)
         hidden = max(1, channels // reduction)
         self.fc1 = nn.Conv2d(channels, hidden, 1, bias=bias)

@@ -20,6 +20,7 @@ from typing import Any, Optional
 from torch import nn
 
 from ..layers import get_attn
+from ..layers.registry import check_option_types
 from ..models import create_backbone, get_backbone
 from ..recipes import Recipe, register_recipe
 
@@ -196,6 +197,7 @@ def resolve_model(name: str, **kw: Any) -> dict:
     if unknown:
         raise TypeError(f"model {name!r} got unknown option(s) {unknown}; allowed: "
                         f"{sorted({*b_opts, *a_opts, 'attn', 'attn_kw'})}")
+    check_option_types(f"backbone {spec.backbone!r}", get_backbone(spec.backbone).factory, kw)
     backbone = {**b_opts, **spec.backbone_kw, **kw}
     if isinstance(backbone.get("attn_stages"), list):
         backbone["attn_stages"] = tuple(backbone["attn_stages"])
