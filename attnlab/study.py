@@ -74,7 +74,7 @@ from .hardware import resolve_device
 from .layers.merge import Merge
 from .papers import AblationAxis, Claim, Paper, get_paper, model_options, model_spec
 from .recipes import Recipe, get_profile, get_recipe
-from .runs import Run, RunConfig, is_finished, train_or_load
+from .runs import Run, RunConfig, check_seeds, is_finished, train_or_load
 from .train import NonFiniteLossError, lr_factor
 
 PaperLike = Union[str, Paper]
