@@ -402,7 +402,7 @@ def plan_ablation(paper: PaperLike, axis: Union[AblationAxis, str], dataset: str
         why = (f"ablation runs are not trained at profile {profile!r} on a {dev.upper()} "
                "(set ABLATIONS = True to train them here)")
     missing = [r for r in runs if not r.available]
-    what = f"{ax.label or ax.parameter}: {ax.parameter} = {list(dict.fromkeys(r.value for r in missing))}"
+    what = f"{ax.label or ax.parameter}: {ax.parameter} = {list({repr(r.value): r.value for r in missing}.values())}"
     restrictions = _restrict(runs, what, why, runs_dir, None if in_config else ax.parameter)
     return StudyPlan(p.id, dataset, profile, seeds, recipe, epochs, dev, [ax.model], {ax.model: label},
                      {ax.model: recipe_for(ax.model, recipe)}, runs, restrictions, ax,

@@ -90,7 +90,7 @@ def test_cpu_quick_data_lightens_every_run_and_the_ablation_default_point_follow
                             cpu_quick_data=light)
     assert all(r.config.data_kw == light and r.train for r in plan.runs)
     (res,) = plan.restrictions
-    assert "train_subset=3000 instead of the profile's train_subset=6000" in res.reason
+    assert "train_subset=3000 instead of the profile's train_subset=4000" in res.reason
     standard = study.plan_study("cnntention", ["resnet20", "resnet20_cbam"], "shapes", "quick", [0], device="cpu")
     assert set().union(*(configs_from_command(c) for c in res.commands)) == {r.config.dirname for r in standard.runs}
     abl = study.plan_ablation("cnntention", "merge", "shapes", "quick", [0], device="cpu", model="resnet20_cbam",
@@ -133,6 +133,14 @@ def test_ablation_default_point_is_the_main_run_and_only_it_trains_at_quick_on_c
     everything = study.plan_ablation("cnntention", "merge", "shapes", "quick", [0], device="cpu",
                                      model="resnet20_cbam", train=True)
     assert not everything.restrictions
+
+
+def test_ablation_over_dict_values_names_the_missing_points():
+    # data_kw values are dicts (unhashable): the restriction must still list them
+    plan = study.plan_ablation("aaconv", "data_kw", "shapes", "quick", [0], device="cpu",
+                               model="aa_wrn10_2", train=False)
+    (res,) = plan.restrictions
+    assert "augment" in res.what and res.commands
 
 
 def test_ablation_over_a_runconfig_field():
