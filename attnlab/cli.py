@@ -365,7 +365,7 @@ def cmd_papers(args) -> int:
     from .papers import get_paper, list_papers
 
     if args.paper is None:
-        rows = [{"id": p.id, "year": p.year, "models": len(p.models), "title": p.title, "link": p.link}
+        rows = [{"id": p.id, "year": p.year or "-", "models": len(p.models), "title": p.title, "link": p.link}
                 for p in map(get_paper, list_papers())]
         if args.json:
             _print_json({"papers": rows})
@@ -384,7 +384,7 @@ def cmd_papers(args) -> int:
                      "ablations": axes})
         return 0
     print(f"{paper.id}: {paper.title}")
-    print(f"{paper.authors}, {paper.year}, {paper.link}" + (f"; notebook {paper.notebook}" if paper.notebook else ""))
+    print(", ".join(str(x) for x in (paper.authors, paper.year, paper.link) if x) + (f"; notebook {paper.notebook}" if paper.notebook else ""))
     print("\nModels (params: counted now for 10 classes, pinned: as the paper module states it):")
     _print_table(models, {"name": "model", "label": "label", "backbone": "backbone", "block": "block",
                           "recipe": "recipe", "params": "params", "pinned": "pinned",
