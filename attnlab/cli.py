@@ -8,8 +8,11 @@
     ablate --model M --grid K=V1,V2 ...   a grid of runs over seeds: mean and spread
     bench [--quick] [--cifar-quick]       speed and memory ratios, measured in one process
     reproduce --profile P --dataset D     every notebook with papermill, then a summary
+    reproduce --check REFERENCE_DIR       the same, compared with committed references (exit 1 on drift)
     gpu-check [--cifar DIR]               on a CUDA machine: GPU tests, benchmark, quick CIFAR-10 run
     tune PAPER --trials N                 a paper's Hyperband search (Optuna), resumable
+    student-copy DIR                      the notebooks without solutions and outputs, to hand out
+    leaderboard [--dataset D --seeds S]   every attention block on ResNet-20, one recipe: accuracy and cost
 
 Each command is one ``_add_<name>`` function that builds its sub-parser and sets
 ``func``, so a new command is one more function in :data:`COMMANDS`. Bad input (an
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .data import DataUnavailableError
+from .executors import JobsFailedError
 from .locks import LockHeldError
 from .train import CheckpointError, NonFiniteLossError
 
@@ -37,8 +41,9 @@ EXIT_BAD_INPUT = 2
 # OSError: a read-only or full runs/data folder, a missing path, a run locked by another
 # process (each raised with a message that names the folder and what to do)
 EXPECTED_ERRORS = (ValueError, TypeError, DataUnavailableError, OSError)
-# Training that went wrong (NaN loss, a checkpoint of another run): the message says what to do.
-TRAINING_ERRORS = (NonFiniteLossError, CheckpointError)
+# Training that went wrong (NaN loss, a checkpoint of another run, jobs that left runs
+# unfinished): the message says what to do.
+TRAINING_ERRORS = (NonFiniteLossError, CheckpointError, JobsFailedError)
 
 
 def _json_dict(text: str) -> dict:
@@ -75,7 +80,7 @@ def _add_info(sub) -> None:
 
 def _cached_text(cached: dict[str, list[str]]) -> str:
     if not cached:
-        return "none (shapes is built in and needs no cache)"
+        return "none (shapes and relations are built in and need no cache)"
     return ", ".join(f"{name} ({'/'.join(splits)})" for name, splits in cached.items())
 
 
@@ -125,13 +130,13 @@ def _add_data(sub) -> None:
 
 
 def cmd_data_list(args) -> int:
-    from .data import DATASETS, cached_datasets
+    from .data import DATASETS, GENERATED, cached_datasets
     from .paths import data_root
 
     cached = cached_datasets(args.root)
     print(f"data root: {args.root or data_root()}")
     for name, info in DATASETS.items():
-        if name == "shapes":
+        if name in GENERATED:
             state = "built in"
         elif name == "imagefolder":
             state = "your path"
@@ -256,6 +261,49 @@ def _grid_axis(text: str) -> tuple[str, list]:
     return key, [parse(v) for v in values.split(",")]
 
 
+def _key_value(text: str) -> tuple[str, str]:
+    """argparse type for ``--slurm-arg account=lab``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (an sbatch option without --), got {text!r}")
+    return key, value
+
+
+def _add_executor_args(p, grid: bool) -> None:
+    """Options that send the work to submitit jobs (``attnlab.executors``), shared by
+    ``ablate`` and ``reproduce``."""
+    g = p.add_argument_group("executors (submitit; without --executor everything runs in this process)")
+    g.add_argument("--executor", choices=["local", "slurm"],
+                   help="local: worker processes on this machine; slurm: jobs on the cluster (needs sbatch)")
+    if grid:
+        g.add_argument("--workers", type=int, default=1, help="how many jobs share the grid (default 1)")
+    g.add_argument("--partition", help="SLURM partition")
+    g.add_argument("--gpus-per-job", type=int, help="GPUs per job (default: 0 on SLURM, all of this machine's locally)")
+    g.add_argument("--cpus-per-job", type=int,
+                   help="CPU cores (torch threads) per job (default locally: the cores divided among the workers)")
+    g.add_argument("--time", help="time limit per job: minutes or SLURM's forms, e.g. 1:30:00 (SLURM default 4:00:00)")
+    g.add_argument("--log-dir", help="submitit's folder for job scripts, logs and journals "
+                                     "(default: <runs folder>/submitit)")
+    g.add_argument("--slurm-arg", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="another sbatch option, e.g. account=lab or qos=short; repeatable")
+
+
+def _executor_spec(args):
+    """The ExecutorSpec the options ask for, or None to run in this process."""
+    from .executors import ExecutorSpec
+
+    opts = ("partition", "gpus_per_job", "cpus_per_job", "time", "log_dir", "slurm_arg")
+    if args.executor is None:
+        given = [f"--{o.replace('_', '-')}" for o in opts if getattr(args, o) is not None and getattr(args, o) != []]
+        if getattr(args, "workers", 1) != 1:
+            given.append("--workers")
+        if given:
+            raise ValueError(f"{', '.join(given)}: only with --executor local or --executor slurm")
+        return None
+    return ExecutorSpec(args.executor, getattr(args, "workers", 1), args.partition, args.gpus_per_job,
+                        args.cpus_per_job, args.time, args.log_dir, dict(args.slurm_arg))
+
+
 def _add_ablate(sub) -> None:
     p = sub.add_parser("ablate", help="train or load a grid of runs over seeds; mean and spread")
     _add_config_args(p)
@@ -264,6 +312,7 @@ def _add_ablate(sub) -> None:
                         "(merge, reduction, ...); repeat for more axes")
     p.add_argument("--seeds", type=_seed_list, default=[0], help="comma-separated seeds, e.g. 0,1,2")
     p.add_argument("--json", action="store_true", help="last line: the table as a JSON list")
+    _add_executor_args(p, grid=True)
     p.set_defaults(func=cmd_ablate)
 
 
@@ -276,7 +325,13 @@ def cmd_ablate(args) -> int:
     seeds = args.seeds
     for _, config in grid_configs(base, grid):
         _check_config(config, "auto")
-    table = ablate(base, grid, seeds, progress=not args.json)
+    spec = _executor_spec(args)
+    if spec is None:
+        table = ablate(base, grid, seeds, progress=not args.json)
+    else:
+        from .executors import ablate_on
+
+        table = ablate_on(base, grid, seeds, spec)
     print(table.to_string(index=False))
     if args.json:
         _print_json(table.to_dict(orient="records"))
@@ -308,6 +363,34 @@ def cmd_runs(args) -> int:
         return 0
     print(df[[c for c in RUN_COLUMNS if c in df]].to_string(index=False, float_format="{:.4f}".format))
     print(f"{len(df)} run(s) under {runs_root()}")
+    return 0
+
+
+# -- leaderboard -------------------------------------------------------------------------
+
+def _add_leaderboard(sub) -> None:
+    p = sub.add_parser("leaderboard", help="every attention block on ResNet-20, one recipe, over seeds")
+    p.add_argument("--dataset", default="relations", help="default: relations (where global context matters)")
+    p.add_argument("--profile", default="quick", help="smoke | quick | full (default quick)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds of training allowed here (default: no limit: train every missing run)")
+    p.add_argument("--train-slow", action="store_true", help="also train the models marked slow on a CPU (MHA)")
+    p.add_argument("--no-costs", action="store_true", help="skip the speed and memory measurements")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.set_defaults(func=cmd_leaderboard)
+
+
+def cmd_leaderboard(args) -> int:
+    from . import leaderboard as lb
+
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    plan = lb.plan_leaderboard(args.dataset, args.profile, seeds, budget_s=args.budget, train_slow=args.train_slow)
+    print(plan.describe(), file=sys.stderr)
+    runs = lb.run_leaderboard(plan, progress=not args.json)
+    costs = lb.leaderboard_costs(plan, speed=not args.no_costs, memory=not args.no_costs)
+    table = lb.leaderboard_table(runs, costs, lb.localisation(runs, args.dataset))
+    print(table.to_json(orient="records") if args.json else table.to_string(index=False, float_format="%.4g"))
     return 0
 
 
@@ -429,14 +512,25 @@ def _add_reproduce(sub) -> None:
     from .reproduce import NOTEBOOK_PATTERN
 
     p = sub.add_parser("reproduce", help="execute every notebook with papermill, then summarise")
-    p.add_argument("--profile", required=True, choices=["smoke", "quick", "full"])
-    p.add_argument("--dataset", default="shapes")
+    p.add_argument("--profile", choices=["smoke", "quick", "full"],
+                   help="required, except with --check (then the references' profile)")
+    p.add_argument("--dataset", help="default: shapes, or with --check the references' dataset")
     p.add_argument("--notebooks", default=NOTEBOOK_PATTERN, metavar="GLOB",
                    help=f"which notebooks (default {NOTEBOOK_PATTERN!r}); a path part names the folder")
     p.add_argument("--notebooks-dir", help="folder of the notebooks (default: the checkout's notebooks/)")
     p.add_argument("--out", help="report folder (default: reports/<profile>-<dataset>)")
     p.add_argument("--cell-timeout", type=float, help="seconds allowed per cell")
     p.add_argument("--kernel", default="python3", help="Jupyter kernel name")
+    p.add_argument("--check", metavar="REFERENCE_DIR",
+                   help="compare every results.json with the references there (e.g. references/smoke-shapes): "
+                        "print each drifted value, exit 1 on drift")
+    p.add_argument("--update-reference", metavar="REFERENCE_DIR",
+                   help="(re)write the references there from this run, with its environment fingerprint")
+    p.add_argument("--no-execute", action="store_true",
+                   help="with --check or --update-reference: use the existing report in --out, run nothing")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads in each kernel (default: inherited; with --check, the references')")
+    _add_executor_args(p, grid=False)
     p.set_defaults(func=cmd_reproduce)
 
 
@@ -455,18 +549,91 @@ def _notebooks_dir(args) -> tuple[Path, str]:
     return (local if local.is_dir() or not checkout.is_dir() else checkout), pattern.name
 
 
-def cmd_reproduce(args) -> int:
-    from .reproduce import failed_notebooks, reproduce
+def _reproduce_settings(args) -> tuple[str, str, dict]:
+    """Profile, dataset and the references' fingerprint.json (``{}`` without --check)."""
+    from .drift import read_fingerprints
+
+    if args.check and args.update_reference:
+        raise ValueError("--check and --update-reference exclude each other: check against references, "
+                         "or (re)write them")
+    if args.no_execute and not (args.check or args.update_reference):
+        raise ValueError("--no-execute needs --check or --update-reference (there is nothing else to do)")
+    meta = read_fingerprints(args.check) if args.check else {}
+    profile, dataset = args.profile or meta.get("profile"), args.dataset or meta.get("dataset") or "shapes"
+    if not profile:
+        raise ValueError("reproduce needs --profile (smoke, quick or full), or --check REFERENCE_DIR "
+                         "to use the references' profile")
+    if meta and (profile, dataset) != (meta.get("profile"), meta.get("dataset")):
+        raise ValueError(f"{args.check} holds references for profile {meta.get('profile')}, dataset "
+                         f"{meta.get('dataset')}; drop --profile/--dataset or pass those")
+    return profile, dataset, meta
+
+
+def _run_notebooks(args, profile: str, dataset: str, meta: dict) -> Path:
+    import contextlib
+    import tempfile
+
+    from .drift import reference_threads
+    from .reproduce import default_report_dir, reproduce
 
     nb_dir, pattern = _notebooks_dir(args)
-    report = reproduce(args.profile, args.dataset, nb_dir, args.out, pattern,
-                       kernel_name=args.kernel, cell_timeout=args.cell_timeout)
-    failed = failed_notebooks(report)
+    spec = _executor_spec(args)
+    if args.no_execute:
+        report = Path(args.out) if args.out else default_report_dir(profile, dataset, nb_dir)
+        if not report.is_dir():
+            raise FileNotFoundError(f"report folder {report} does not exist; run reproduce without --no-execute")
+        return report
+    threads = args.threads if args.threads is not None else reference_threads(meta)
+    if threads:
+        print(f"kernels use {threads} torch thread(s)" + ("" if args.threads else " (as the references)"))
+    # checks and references train into an empty store: every number computed now
+    isolated = args.check or args.update_reference
+    # (with an executor, beside its logs: a SLURM job's node must see it)
+    shared = spec and spec.folder()
+    if shared and isolated:
+        shared.mkdir(parents=True, exist_ok=True)
+    with (tempfile.TemporaryDirectory(prefix="attnlab-runs-", dir=shared) if isolated else contextlib.nullcontext()) as runs:
+        kw = dict(kernel_name=args.kernel, cell_timeout=args.cell_timeout, threads=threads, runs_dir=runs)
+        if spec is None:
+            report = reproduce(profile, dataset, nb_dir, args.out, pattern, **kw)
+        else:  # one job; absolute paths, as a SLURM job may start in another folder
+            from .executors import call_on
+
+            report = call_on(spec, reproduce, profile, dataset, nb_dir.resolve(),
+                             args.out and Path(args.out).resolve(), pattern, name="attnlab-reproduce", **kw)
     print(f"summary: {report / 'summary.md'} and {report / 'summary.html'}")
+    return report
+
+
+def cmd_reproduce(args) -> int:
+    from .drift import drift_table, update_command
+    from .reproduce import NOTEBOOK_PATTERN, check_report, failed_notebooks, update_reference
+
+    profile, dataset, meta = _reproduce_settings(args)
+    report = _run_notebooks(args, profile, dataset, meta)
+    failed = failed_notebooks(report) if (report / "reproduce.json").exists() else []
     if failed:
         print(f"attnlab: {len(failed)} notebook(s) failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    if args.update_reference:
+        if failed:
+            print(f"attnlab: references in {args.update_reference} not written", file=sys.stderr)
+            return EXIT_FAILED
+        pattern = None if args.notebooks == NOTEBOOK_PATTERN else args.notebooks
+        stems = update_reference(report, args.update_reference,
+                                 update_command(profile, dataset, args.update_reference, args.threads, pattern))
+        print(f"wrote {len(stems)} reference(s) to {args.update_reference}: {', '.join(stems)}")
+    if args.check:
+        checks = check_report(report, args.check)
+        rows = [d for c in checks for d in c.drift]
+        for c in checks:
+            print(f"{c.notebook}: {len(c.drift)} drifted ({c.mode})")
+        if rows:
+            print(drift_table(rows))
+            print(f"attnlab: {len(rows)} value(s) drifted from {args.check} in "
+                  f"{sum(bool(c.drift) for c in checks)} notebook(s); see {report / 'summary.md'}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"no drift from {args.check} in {len(checks)} notebook(s)")
+    return EXIT_FAILED if failed else 0
 
 
 # -- gpu-check ---------------------------------------------------------------------------
@@ -518,6 +685,32 @@ def cmd_tune(args) -> int:
     return 0
 
 
+# -- student-copy ------------------------------------------------------------------------
+
+def _add_student_copy(sub) -> None:
+    p = sub.add_parser("student-copy", help="write the notebooks without solution cells and outputs, to hand out")
+    p.add_argument("dir", help="folder for the copies (new, or empty; --force overwrites the notebooks there)")
+    p.add_argument("--notebooks", help="folder of the notebooks (default: the checkout's notebooks/)")
+    p.add_argument("--source", help="pip source the copies' install cell uses when ATTNLAB_SOURCE is unset "
+                                    "(a git URL such as git+https://..., or a wheel's path or URL)")
+    p.add_argument("--force", action="store_true", help="write into a folder that is not empty")
+    p.set_defaults(func=cmd_student_copy)
+
+
+def cmd_student_copy(args) -> int:
+    from .course import README, student_copy
+    from .paths import PROJECT_ROOT
+
+    local, checkout = Path("notebooks"), PROJECT_ROOT / "notebooks"
+    nb_dir = Path(args.notebooks) if args.notebooks else (local if local.is_dir() or not checkout.is_dir() else checkout)
+    removed = student_copy(args.dir, nb_dir, force=args.force, source=args.source)
+    for name, n in removed.items():
+        print(f"  {name}: {n} solution cell(s) removed")
+    print(f"{len(removed)} notebook(s) from {nb_dir} written to {args.dir} without solutions and outputs "
+          f"({sum(removed.values())} solution cells removed); see {Path(args.dir) / README}")
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------------
 
 EXAMPLES = """examples:
@@ -529,7 +722,8 @@ EXAMPLES = """examples:
   python -m attnlab reproduce --profile quick --dataset shapes"""
 
 COMMANDS: list[Callable] = [_add_info, _add_data, _add_train, _add_ablate, _add_runs, _add_papers, _add_bench,
-                            _add_reproduce, _add_gpu_check, _add_tune]
+                            _add_reproduce, _add_gpu_check, _add_tune, _add_student_copy,
+                            _add_leaderboard]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -288,3 +288,45 @@ def plot_results(frame, metric: str, published: Optional[dict[str, float]] = Non
         ax.set_title(title)
     ax.figure.tight_layout()
     return ax
+
+
+def pareto_front(cost: Sequence[float], value: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats on both axes (lower cost, higher value),
+    in order of cost; NaNs never belong to the front."""
+    import math
+
+    pts = sorted((c, -v, i) for i, (c, v) in enumerate(zip(cost, value)) if not (math.isnan(c) or math.isnan(v)))
+    front, best = [], -math.inf
+    for c, neg_v, i in pts:
+        if -neg_v > best:
+            front.append(i)
+            best = -neg_v
+    return front
+
+
+def plot_pareto(table, x: str = "train step ms", y: str = "test_acc_mean", yerr: Optional[str] = "test_acc_std",
+                label: str = "label", ax=None, title: str = ""):
+    """Accuracy against cost, one labelled point per row of ``table`` (mean ± std over
+    seeds), with the Pareto front (nothing both cheaper and more accurate) drawn as a line."""
+    import matplotlib.pyplot as plt
+
+    rows = table.dropna(subset=[x, y]).reset_index(drop=True)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 4))
+    err = rows[yerr].fillna(0) if yerr and yerr in rows else None
+    ax.errorbar(rows[x], rows[y], yerr=err, fmt="o", capsize=3, color="C0")
+    for r in rows.itertuples():
+        ax.annotate(rows.loc[r.Index, label], (rows.loc[r.Index, x], rows.loc[r.Index, y]), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points")
+    front = pareto_front(list(rows[x]), list(rows[y]))
+    if front:
+        ax.plot(rows.loc[front, x], rows.loc[front, y], "--", color="C3", lw=1, label="Pareto front")
+        ax.legend(fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{x} (log scale)")
+    ax.set_ylabel(y)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.figure.tight_layout()
+    return ax

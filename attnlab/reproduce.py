@@ -14,18 +14,30 @@ Each notebook gets exactly three parameters, ``PROFILE``, ``DATASET`` and ``OUT_
 (an absolute path), which every notebook defines in its ``parameters`` cell; papermill
 warns about any other name. A failing notebook is recorded with its error and the
 others still run; :func:`failed_notebooks` tells the caller (the CLI exits non-zero).
+
+Reproducibility checks (``reproduce --check references/smoke-shapes``): :func:`check_report`
+compares every ``results.json`` of a report with a reference folder through
+:mod:`attnlab.drift` (exact on the reference's environment fingerprint, stated tolerances
+on another), writes ``drift.json`` beside ``reproduce.json`` and adds the drift to the
+summary; :func:`update_reference` writes a report's results as the new references.
+``threads`` and ``runs_dir`` set each kernel's torch thread count (``OMP_NUM_THREADS``,
+``MKL_NUM_THREADS``) and run store (``ATTNLAB_RUNS``): a check trains into an empty store,
+so that every number is computed now rather than loaded from runs an older version made.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import html
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 from .data import dataset_info
+from .drift import (ABSENT, Drift, NotebookCheck, check_notebook, format_cell, machine_isa, read_fingerprints,
+                    reference_threads, update_command, write_reference)
 from .hardware import environment
 from .paths import atomic_path
 from .recipes import get_profile
@@ -33,6 +45,7 @@ from .recipes import get_profile
 NOTEBOOK_PATTERN = "[0-9][0-9]*.ipynb"
 RECORD = "reproduce.json"
 RESULTS = "results.json"
+DRIFT = "drift.json"
 
 
 def default_report_dir(profile: str, dataset: str, notebooks_dir: str | Path = "notebooks") -> Path:
@@ -43,9 +56,11 @@ def default_report_dir(profile: str, dataset: str, notebooks_dir: str | Path = "
 def reproduce(profile: str, dataset: str, notebooks_dir: str | Path = "notebooks",
               out_dir: str | Path | None = None, pattern: str = NOTEBOOK_PATTERN,
               kernel_name: str = "python3", cell_timeout: Optional[float] = None,
-              progress: bool = True) -> Path:
+              progress: bool = True, threads: Optional[int] = None,
+              runs_dir: str | Path | None = None) -> Path:
     """Run the notebooks matching ``pattern`` in ``notebooks_dir`` (cwd there) and return
-    the report folder; ``cell_timeout`` (seconds) bounds every cell."""
+    the report folder; ``cell_timeout`` (seconds) bounds every cell. ``threads`` and
+    ``runs_dir`` (see :func:`kernel_settings`) default to this process's environment."""
     get_profile(profile)      # fail on a typo before any kernel starts
     dataset_info(dataset)
     nb_dir = Path(notebooks_dir).resolve()
@@ -56,12 +71,17 @@ def reproduce(profile: str, dataset: str, notebooks_dir: str | Path = "notebooks
     report.mkdir(parents=True, exist_ok=True)
     record = {"profile": profile, "dataset": dataset, "notebooks_dir": str(nb_dir),
               "started": _dt.datetime.now().isoformat(timespec="seconds"),
-              "environment": _environment(), "notebooks": []}
+              "environment": {**_environment(),
+                              **{f"kernels {k}": v for k, v in kernel_settings(threads, runs_dir).items()}},
+              "notebooks": []}
+    # a drift record belongs to the results it was computed from
+    (report / DRIFT).unlink(missing_ok=True)
     t0 = time.perf_counter()
     for i, nb in enumerate(notebooks, 1):
         if progress:
             print(f"[{i}/{len(notebooks)}] {nb.name} ...", flush=True)
-        run = execute_notebook(nb, report, profile, dataset, kernel_name, cell_timeout)
+        run = execute_notebook(nb, report, profile, dataset, kernel_name, cell_timeout,
+                               kernel_env=kernel_settings(threads, runs_dir))
         record["notebooks"].append(run)
         record["wall_s"] = time.perf_counter() - t0
         # rewritten after each notebook so a killed reproduce still leaves a readable record
@@ -80,12 +100,43 @@ def _environment() -> dict:
     env = environment()
     env["threads"] = torch.get_num_threads()
     env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "")
+    env["cpu_isa"] = machine_isa()  # part of each notebook's fingerprint (attnlab.drift)
     return env
 
 
+def kernel_settings(threads: Optional[int] = None, runs_dir: str | Path | None = None) -> dict[str, str]:
+    """Environment variables for the notebook kernels: ``threads`` torch threads (both
+    OpenMP and MKL, which torch otherwise lets disagree) and ``runs_dir`` as run store."""
+    env = {}
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be a positive count, got {threads}")
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    if runs_dir is not None:
+        env["ATTNLAB_RUNS"] = str(Path(runs_dir).resolve())
+    return env
+
+
+@contextlib.contextmanager
+def _environ(settings: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``settings`` while a kernel starts (it copies the environment)."""
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def execute_notebook(nb: Path, report: Path, profile: str, dataset: str,
-                     kernel_name: str = "python3", cell_timeout: Optional[float] = None) -> dict:
-    """Execute one notebook into ``report``; never raises for a failure inside it."""
+                     kernel_name: str = "python3", cell_timeout: Optional[float] = None,
+                     kernel_env: Optional[dict[str, str]] = None) -> dict:
+    """Execute one notebook into ``report``; never raises for a failure inside it.
+    ``kernel_env`` (e.g. from :func:`kernel_settings`) is added to the kernel's environment."""
     import papermill as pm
 
     out_dir = report / nb.stem
@@ -95,9 +146,10 @@ def execute_notebook(nb: Path, report: Path, profile: str, dataset: str,
     error = None
     t0 = time.perf_counter()
     try:
-        pm.execute_notebook(str(nb), str(report / nb.name), kernel_name=kernel_name,
-                            parameters={"PROFILE": profile, "DATASET": dataset, "OUT_DIR": str(out_dir)},
-                            cwd=str(nb.parent), execution_timeout=cell_timeout, progress_bar=False)
+        with _environ(kernel_env or {}):
+            pm.execute_notebook(str(nb), str(report / nb.name), kernel_name=kernel_name,
+                                parameters={"PROFILE": profile, "DATASET": dataset, "OUT_DIR": str(out_dir)},
+                                cwd=str(nb.parent), execution_timeout=cell_timeout, progress_bar=False)
     except pm.PapermillExecutionError as exc:
         error = f"cell [{exc.exec_count}]: {exc.ename}: {exc.evalue}"
     except Exception as exc:  # noqa: BLE001 - a dead kernel or timeout is a result to report
@@ -113,6 +165,65 @@ def failed_notebooks(report_dir: str | Path) -> list[str]:
     """Names of the notebooks that failed in the last reproduce into ``report_dir``."""
     record = _load_record(Path(report_dir))
     return [r["notebook"] for r in record["notebooks"] if r.get("status") == "failed"]
+
+
+def _stem(run: dict) -> str:
+    return Path(run["notebook"]).stem
+
+
+def check_report(report_dir: str | Path, reference_dir: str | Path) -> list[NotebookCheck]:
+    """Compare every notebook's ``results.json`` in ``report_dir`` with its reference in
+    ``reference_dir`` (see :mod:`attnlab.drift`) without executing anything; write
+    ``drift.json`` and the summaries with the drift. A failed notebook is drift too.
+    Raises FileNotFoundError for a missing reference folder or notebook reference."""
+    report, ref = Path(report_dir), Path(reference_dir)
+    record = _load_record(report)
+    meta = read_fingerprints(ref)
+    ours = (record.get("profile"), record.get("dataset"))
+    if ours[0] and ours != (meta.get("profile"), meta.get("dataset")):
+        raise ValueError(f"{report} was run at profile {ours[0]}, dataset {ours[1]}, but {ref} holds references "
+                         f"for profile {meta.get('profile')}, dataset {meta.get('dataset')}")
+    missing = [_stem(r) for r in record["notebooks"] if not (ref / _stem(r) / RESULTS).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"no reference for {', '.join(missing)} in {ref}; write the references with `"
+            + update_command(meta.get("profile", "smoke"), meta.get("dataset", "shapes"), ref,
+                             reference_threads(meta)) + "` (--notebooks 'NN*.ipynb' writes only some)")
+    env = record.get("environment") or {}
+    isa = env["cpu_isa"] if "cpu_isa" in env else machine_isa()  # reports made before it was recorded
+    checks = []
+    for run in record["notebooks"]:
+        results = _read_results(report, run)
+        if results is None:
+            why = "the notebook failed" if run.get("status") == "failed" else f"no readable {RESULTS}"
+            checks.append(NotebookCheck(_stem(run), {}, {}, [Drift(_stem(run), RESULTS, "present", ABSENT, "-", why)]))
+        else:
+            checks.append(check_notebook(_stem(run), results, ref, isa))
+    drift = {"reference": str(ref.resolve()), "checked": _dt.datetime.now().isoformat(timespec="seconds"),
+             "notebooks": [c.to_dict() for c in checks]}
+    _write_text(report / DRIFT, json.dumps(drift, indent=2, default=str))
+    _write_text(report / "summary.md", summarize(report))
+    _write_text(report / "summary.html", summarize(report, fmt="html"))
+    return checks
+
+
+def update_reference(report_dir: str | Path, reference_dir: str | Path, command: Optional[str] = None) -> list[str]:
+    """Write the results of ``report_dir`` as the references in ``reference_dir``, with
+    their fingerprints; only from a report where every notebook ran. Returns the stems."""
+    report = Path(report_dir)
+    record = _load_record(report)
+    failed = [r["notebook"] for r in record["notebooks"] if r.get("status") == "failed"]
+    results = {_stem(r): _read_results(report, r) for r in record["notebooks"]}
+    unreadable = [stem for stem, res in results.items() if res is None]
+    if failed or unreadable or not results:
+        raise ValueError(f"{report}: {', '.join(failed + unreadable) or 'no notebooks'} failed or wrote no "
+                         f"readable {RESULTS}; references are written only from a report where every notebook ran")
+    first = next(iter(results.values()))
+    profile = record.get("profile") or first.get("profile")
+    dataset = record.get("dataset") or first.get("dataset")
+    env = record.get("environment") or {}
+    write_reference(reference_dir, results, profile, dataset, env.get("cpu_isa"), command)
+    return list(results)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -207,24 +318,78 @@ def _table(headers: list[str], rows: list[list[Any]]) -> Block:
     return ("table", headers, rows)
 
 
-def _overview(record: dict) -> list[Block]:
+def _load_drift(report: Path) -> Optional[dict]:
+    """``drift.json`` of the last :func:`check_report`, by notebook stem (None if unchecked)."""
+    try:
+        data = json.loads((report / DRIFT).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+    return {**data, "by_notebook": {c["notebook"]: c for c in data.get("notebooks", [])}}
+
+
+def _drift_cell(check: Optional[dict]) -> str:
+    if check is None:
+        return "not checked"
+    n = len(check["drift"])
+    return f"{n} value(s) ({'exact' if check['exact'] else 'tolerances'})" if n else \
+        f"none ({'exact' if check['exact'] else 'within tolerances'})"
+
+
+def _overview(record: dict, drift: Optional[dict] = None) -> list[Block]:
     rows = []
     for r in record["notebooks"]:
         name = Link(r["notebook"], r["output"]) if r.get("output") else r["notebook"]
-        rows.append([name, r["status"], _duration(r.get("wall_s")), _first_line(r.get("error"))])
+        row = [name, r["status"], _duration(r.get("wall_s")), _first_line(r.get("error"))]
+        if drift:
+            row.insert(3, _drift_cell(drift["by_notebook"].get(_stem(r))))
+        rows.append(row)
     total = sum(r.get("wall_s") or 0 for r in record["notebooks"])
     failed = sum(r["status"] == "failed" for r in record["notebooks"])
     line = f"{len(rows)} notebook(s), {failed} failed, {_duration(total)} in all."
-    return [("h2", "Notebooks"), ("p", line), _table(["notebook", "status", "wall time", "error"], rows)]
+    headers = ["notebook", "status", "wall time", "error"]
+    if drift:
+        drifted = [c for c in drift["notebooks"] if c["drift"]]
+        line += (f" Checked against the references in {drift['reference']} on {drift.get('checked')}: "
+                 f"{sum(len(c['drift']) for c in drifted)} value(s) drifted in {len(drifted)} notebook(s).")
+        headers.insert(3, "drift")
+    return [("h2", "Notebooks"), ("p", line), _table(headers, rows)]
 
 
-def _notebook_blocks(report: Path, run: dict) -> list[Block]:
+def _run_blocks(run: dict, results: dict) -> list[Block]:
+    """Wall time, device and versions of one notebook's kernel (its ``env``)."""
+    env = results.get("env") if isinstance(results.get("env"), dict) else {}
+    device = env.get("device")
+    if env.get("device_name"):
+        device = f"{device} ({env['device_name']})"
+    return [_table(["wall time", "device", "precision", "torch threads", "torch", "attnlab", "python"],
+                   [[_duration(run.get("wall_s")), device, env.get("precision"), env.get("threads"),
+                     env.get("torch"), env.get("attnlab"), env.get("python")]])]
+
+
+def _drift_blocks(check: dict, reference: str) -> list[Block]:
+    rows = check["drift"]
+    head = f"Against {reference}/{check['notebook']}: {check['mode']}. "
+    if not rows:
+        return [("h3", "Drift"), ("p", head + "No value drifted.")]
+    return [("h3", "Drift"), ("p", head + f"{len(rows)} value(s) drifted:"),
+            _table(["path", "reference", "now", "tolerance", "rule"],
+                   # full float repr: a drift in the 7th digit must not print as two equal numbers
+                   [[r["path"], format_cell(r["reference"], 80), format_cell(r["now"], 80), r["tolerance"],
+                     r["rule"]] for r in rows])]
+
+
+def _notebook_blocks(report: Path, run: dict, drift: Optional[dict] = None) -> list[Block]:
     blocks: list[Block] = [("h2", run["notebook"])]
     if run.get("error"):
         blocks += [("p", "Failed with:"), ("pre", run["error"])]
+    check = drift["by_notebook"].get(_stem(run)) if drift else None
     results = _read_results(report, run)
     if results is None:
-        return blocks + [("p", f"No readable {run['results']}.")]
+        blocks.append(("p", f"No readable {run['results']}."))
+        return blocks + (_drift_blocks(check, drift["reference"]) if check else [])
+    blocks += _run_blocks(run, results)
+    if check:
+        blocks += _drift_blocks(check, drift["reference"])
     scalars, tables = split_results(results)
     if scalars:
         blocks.append(_table(["entry", "value"], [[k, v] for k, v in scalars]))
@@ -243,12 +408,16 @@ def _blocks(report: Path, record: dict) -> list[Block]:
         blocks.append(("p", f"Profile {profile}: {_profile_description(profile)}."))
     if record.get("started"):
         blocks.append(("p", f"Started {record['started']}; report folder {report}."))
-    blocks += _overview(record)
+    drift = _load_drift(report)
+    blocks += _overview(record, drift)
     env = record.get("environment")
     if env:
-        blocks += [("h2", "Environment"), _table(["setting", "value"], [[k, v] for k, v in env.items()])]
+        blocks += [("h2", "Environment"),
+                   ("p", "Of the process that ran the notebooks; each notebook's kernel is described "
+                         "in the notebook's section."),
+                   _table(["setting", "value"], [[k, v] for k, v in env.items()])]
     for run in record["notebooks"]:
-        blocks += _notebook_blocks(report, run)
+        blocks += _notebook_blocks(report, run, drift)
     return blocks
 
 
@@ -325,4 +494,4 @@ def summarize(report_dir: str | Path, fmt: str = "markdown") -> str:
 
 
 __all__ = ["reproduce", "summarize", "failed_notebooks", "execute_notebook", "split_results",
-           "default_report_dir", "NOTEBOOK_PATTERN"]
+           "default_report_dir", "kernel_settings", "check_report", "update_reference", "NOTEBOOK_PATTERN"]

@@ -72,10 +72,12 @@ from torch import nn
 
 from .hardware import resolve_device
 from .layers.merge import Merge
-from .papers import AblationAxis, Claim, Paper, get_paper, model_options, model_spec
+from .data import load_data
+from .papers import AblationAxis, Claim, Paper, create_model, get_paper, model_options, model_spec
+from .papers.cnntention import load_authors_checkpoint
 from .recipes import Recipe, get_profile, get_recipe
-from .runs import Run, RunConfig, check_seeds, is_finished, train_or_load
-from .train import NonFiniteLossError, lr_factor
+from .runs import Run, RunConfig, check_seeds, is_finished, run_path, train_or_load
+from .train import NonFiniteLossError, evaluate, gate_values, lr_factor
 
 PaperLike = Union[str, Paper]
 TrainPolicy = Union[bool, str]
@@ -259,6 +261,40 @@ def commands_for(configs: Sequence[RunConfig], runs_dir: str | Path | None = Non
             cmd += f" --model-kw {shlex.quote(json.dumps(base_kw, sort_keys=True))}"
         out.append(cmd + f" --grid {grid} --seeds {','.join(map(str, seeds))}")
     return out
+
+
+#: official training-set sizes, for estimates before a dataset is loaded
+_TRAIN_SIZES = {"cifar10": 50000, "cifar100": 50000, "mnist": 60000, "shapes": 12000, "relations": 12000}
+
+
+def _official_train_size(dataset: str) -> int:
+    return _TRAIN_SIZES.get(dataset, 50000)
+
+
+def estimate_train_seconds(config: RunConfig, runs_dir: str | Path | None = None, device: str = "auto") -> float:
+    """How long training ``config`` should take here: the wall time of a stored run that
+    differs only in its seed when there is one, else a few timed training steps scaled to
+    the recipe's steps, plus a quarter for evaluation."""
+    for seed in range(8):
+        other = config.replace(seed=seed)
+        if seed != config.seed and is_finished(other, runs_dir):
+            run = Run.load(run_path(other, runs_dir))
+            if run is not None:
+                return float(run.metrics["wall_s"])
+    from .cost import step_seconds
+    from .data import dataset_info
+
+    info = dataset_info(config.dataset)
+    r = get_recipe(config.recipe, config.profile, config.dataset, **config.recipe_kw)
+    n_train = (config.data_kw.get("train_subset") or get_profile(config.profile).data_kwargs(config.dataset)
+               .get("train_subset") or _official_train_size(config.dataset) - info.val_size)
+    steps = math.ceil(n_train / r.batch_size)
+    steps = min(steps, r.max_steps_per_epoch) if r.max_steps_per_epoch else steps
+    model = create_model(config.model, num_classes=max(info.num_classes, 1), in_channels=info.in_channels,
+                         **config.model_kw)
+    shape = (info.in_channels, info.size or 32, info.size or 32)
+    per_step = step_seconds(model, r.batch_size, shape, device=device, steps=2, warmup=1)
+    return 1.25 * per_step * steps * r.epochs
 
 
 def _restrict(runs: list[PlannedRun], what: str, reason: str, runs_dir, axis: Optional[str]) -> list[Restriction]:
@@ -779,7 +815,35 @@ def normalise(data, images: torch.Tensor) -> torch.Tensor:
     return data.loader("test").normalize(images.to("cpu"))
 
 
+# -- released checkpoints -------------------------------------------------------------------
+
+def evaluate_checkpoint(source, dataset: Optional[str] = None, *, eval_subset: Optional[int] = None,
+                        root=None, device: str = "auto") -> dict:
+    """Evaluate released CNNtention (or akamaster CIFAR-ResNet) weights on ``dataset``'s
+    test split twice: with the normalisation the checkpoint states and with the dataset's
+    own training statistics, so the cost of the wrong one is visible.
+
+    ``dataset`` defaults to what the weights were trained on: ``mnist`` for a one-channel
+    network, ``cifar10`` otherwise. ``source`` is a path or a state dict.
+    """
+    ck = load_authors_checkpoint(source, verbose=False)
+    in_channels = ck.model_kw["in_channels"]
+    dataset = dataset or ("mnist" if in_channels == 1 else "cifar10")
+    data = load_data(dataset, root, eval_subset=eval_subset)
+    if data.in_channels != in_channels:
+        raise ValueError(f"the checkpoint takes {in_channels}-channel images but {dataset!r} has "
+                         f"{data.in_channels}; pick a dataset with {in_channels} channel(s)")
+    dev = resolve_device(device)
+    model = ck.model.to(dev)
+    stated = evaluate(model, data.loader("test", device=dev, mean=ck.mean, std=ck.std))
+    own = evaluate(model, data.loader("test", device=dev))
+    return {"model": ck.name, "layout": ck.layout, "dataset": dataset, "n_test": len(data.test),
+            "mean": list(ck.mean), "std": list(ck.std), "note": ck.note,
+            "test_acc": stated["acc"], "test_acc_dataset_stats": own["acc"],
+            "gates": gate_values(model), "renamed": len(ck.renamed)}
+
+
 __all__ = ["PlannedRun", "Restriction", "StudyPlan", "recipe_for", "commands_for", "plan_study", "find_axis",
            "plan_ablation", "run_study", "run_ablation", "seed_summary", "compare", "verdict",
            "published_table", "differences", "published_points", "gate_share", "gate_report",
-           "lr_schedule", "trace_shapes", "one_per_class", "images_covering", "normalise", "is_finished"]
+           "lr_schedule", "trace_shapes", "one_per_class", "images_covering", "normalise", "evaluate_checkpoint", "estimate_train_seconds", "is_finished"]

@@ -16,6 +16,10 @@ import torch
 from torch import nn
 
 from . import explain, plots
+from .data import list_datasets
+from .explorer import explore_axis, list_axes, show_axis, train_missing
+from .papers import get_paper, list_papers
+from .recipes import PROFILES
 from .runs import Run, list_runs
 
 # -- plain functions --------------------------------------------------------------------
@@ -123,5 +127,72 @@ def run_browser(runs_dir: str | Path | None = None):
                                                       layout=w.Layout(width="38em"))})
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise ValueError(f"seeds must be comma-separated integers such as 0,1,2; got {text!r}") from None
+
+
+def ablation_explorer(dataset: str = "shapes", profile: str = "quick", seeds: Sequence[int] = (0,),
+                      runs_dir: str | Path | None = None, paper: str = "cnntention", axis: Optional[str] = None,
+                      cpu_quick_data: Optional[dict] = None):
+    """Pick a paper, one of its ablation axes, dataset, profile and seeds: draws
+    :func:`attnlab.explorer.show_axis` for what the store has, says what is missing (with
+    the time it would take here and the commands), and a button trains the gaps."""
+    import html
+
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    papers = [p for p in list_papers() if get_paper(p).ablations]
+    def axes_of(p):  # noqa: E306 - (label, key) pairs for the axis dropdown
+        return [(f"{label} ({key})", key) for _, key, label in list_axes(p)]
+    paper_dd = w.Dropdown(options=papers, value=paper, description="paper")
+    axis_dd = w.Dropdown(options=axes_of(paper), value=axis or axes_of(paper)[0][1], description="ablation",
+                         layout=w.Layout(width="36em"))
+    dataset_dd = w.Dropdown(options=[d for d in list_datasets() if d != "imagefolder"], value=dataset,
+                            description="dataset")
+    profile_dd = w.Dropdown(options=list(PROFILES), value=profile, description="profile")
+    seeds_txt = w.Text(",".join(map(str, seeds)), description="seeds", continuous_update=False)
+    train_btn = w.Button(description="train missing", button_style="warning", icon="play")
+    status, out = w.HTML(), w.Output()
+    state: dict = {}
+
+    def draw(view):
+        state["view"] = view
+        with out:
+            out.clear_output(wait=True)
+            fig = show_axis(view)
+            display(fig)
+            plt.close(fig)
+        status.value = f"<pre style='font-size:11px'>{html.escape(view.describe())}</pre>"
+        train_btn.disabled = not view.missing
+
+    def refresh(*_):
+        try:
+            draw(explore_axis(paper_dd.value, axis_dd.value, dataset_dd.value, profile_dd.value,
+                              _seeds(seeds_txt.value), runs_dir=runs_dir, cpu_quick_data=cpu_quick_data))
+        except (ValueError, TypeError) as exc:
+            status.value = f"<b style='color:#b00'>{html.escape(str(exc))}</b>"
+
+    def on_paper(change):
+        axis_dd.options = axes_of(change["new"])  # selecting the first axis redraws
+
+    def on_train(_):
+        train_btn.disabled = True
+        with out:
+            view = train_missing(state["view"], progress=True)
+        draw(view)
+
+    paper_dd.observe(on_paper, names="value")
+    for control in (axis_dd, dataset_dd, profile_dd, seeds_txt):
+        control.observe(refresh, names="value")
+    train_btn.on_click(on_train)
+    refresh()
+    return w.VBox([w.HBox([paper_dd, axis_dd]), w.HBox([dataset_dd, profile_dd, seeds_txt, train_btn]), status, out])
+
+
 __all__ = ["show_gradcam", "show_attention", "show_run", "gradcam_explorer", "attention_explorer",
-           "run_browser"]
+           "run_browser", "ablation_explorer"]

@@ -466,3 +466,17 @@ def test_fused_path_runs_a_fused_cuda_kernel_without_the_math_fallback(relative)
         fused = m.eval()(x)
         m.path = "explicit"
         torch.testing.assert_close(fused, m(x), atol=2e-3, rtol=2e-3)
+
+
+def test_aaconv_in_resnet20_replaces_the_first_conv_of_stage_3():
+    # the leaderboard's AA-Conv entry: ResNet-20 with layer3[0].conv1 (32 -> 64, stride 2,
+    # an 8x8 output grid) replaced by the AA block without BatchNorm
+    m = create_model("resnet20", attn="aaconv", attn_stages=(3,), attn_kw={"min_dk_per_head": 20, "batchnorm": False})
+    m.eval()(torch.zeros(1, 3, 32, 32))  # sizes the relative tables
+    conv = m.layer3[0].conv1
+    assert isinstance(conv, AugmentedConv2d) and (conv.dk, conv.dv, conv.num_heads) == (64, 8, 8)
+    assert not isinstance(m.layer3[1].conv1, AugmentedConv2d) and not isinstance(m.layer2[0].conv1, AugmentedConv2d)
+    expected = count("resnet20") + conv3x3_minus_aa(32, 64, 64, 8, (8, 8))
+    assert sum(p.numel() for p in m.parameters()) == expected
+    every = create_model("resnet20", attn="aaconv", attn_stages=(3,), placement="block")
+    assert all(isinstance(b.conv1, AugmentedConv2d) for b in every.layer3)

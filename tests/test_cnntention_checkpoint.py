@@ -284,3 +284,22 @@ def test_keys_that_do_not_fit_are_named():
     # a model given by the caller must fit as well
     with pytest.raises(ValueError, match=r"unknown .*att1\.query\.weight"):
         load_authors_checkpoint(sd, create_model("resnet20"), verbose=False)
+
+
+def test_evaluate_checkpoint_uses_the_stated_normalisation(tmp_path):
+    from attnlab import load_data, study
+
+    path = tmp_path / "params.pth"
+    sd = their_state_dict(None)
+    torch.save(sd, path)
+    got = study.evaluate_checkpoint(path, "shapes", eval_subset=32, device="cpu")
+    test = load_data("shapes", eval_subset=32).test
+    mean = torch.tensor(CHECKPOINT_NORMALISATION["cnntention"]["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(CHECKPOINT_NORMALISATION["cnntention"]["std"]).view(1, 3, 1, 1)
+    expected = their_logits(sd, (test.images.float() / 255 - mean) / std, None).argmax(1)
+    assert got["n_test"] == len(test) == 32
+    assert got["test_acc"] == pytest.approx(float((expected == test.labels).float().mean()))
+    assert got["mean"] == pytest.approx(list(CHECKPOINT_NORMALISATION["cnntention"]["mean"]))
+    assert got["model"] == "resnet20" and got["dataset"] == "shapes" and 0 <= got["test_acc_dataset_stats"] <= 1
+    with pytest.raises(ValueError, match="1-channel images but 'shapes' has 3"):
+        study.evaluate_checkpoint(their_state_dict(None, in_channels=1), "shapes", eval_subset=8)

@@ -5,7 +5,13 @@ Every ``notebooks/[0-9][0-9]*.ipynb`` is picked up, so later notebooks are cover
 without editing this file. The notebooks run one after another (never in parallel: two
 torch processes on a 2-core CPU slow each other down many times over); the kernel
 inherits ``os.environ``, so ``ATTNLAB_RUNS`` from ``conftest.py`` keeps their runs in a
-temporary store.
+temporary store, and gets the torch thread count ``conftest.py`` gives this process.
+
+Each notebook's ``results.json`` is then compared with its committed reference in
+``references/smoke-shapes/`` (:mod:`attnlab.drift`): exactly when this machine has the
+references' fingerprint, within the stated tolerances otherwise. A change that alters
+what a notebook computes fails here; if the change is intended, rewrite the references
+(the failure message gives the command) and commit them with it.
 """
 from __future__ import annotations
 
@@ -17,10 +23,13 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 
-from attnlab.reproduce import NOTEBOOK_PATTERN, execute_notebook
+from attnlab.drift import check_notebook, drift_table, read_fingerprints, reference_threads, update_command
+from attnlab.reproduce import NOTEBOOK_PATTERN, execute_notebook, kernel_settings
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+REFERENCE_DIR = NOTEBOOKS_DIR.parent / "references" / "smoke-shapes"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob(NOTEBOOK_PATTERN))
 IDS = [nb.stem for nb in NOTEBOOKS]
 
@@ -125,7 +134,7 @@ def test_notebook_runs_at_smoke(path, tmp_path):
     # execute_notebook: papermill, cwd = notebooks/, parameters PROFILE, DATASET and
     # OUT_DIR (= tmp_path / <stem>), a per-cell timeout; it never raises, it reports.
     run = execute_notebook(path, tmp_path, "smoke", "shapes", kernel_name="python3",
-                           cell_timeout=CELL_TIMEOUT_S)
+                           cell_timeout=CELL_TIMEOUT_S, kernel_env=kernel_settings(torch.get_num_threads()))
     print(f"{path.name}: {run['status']} in {run['wall_s']:.1f} s")
     assert run["status"] == "ok", f"{path.name} failed: {run['error']}\n{error_cells(tmp_path / path.name)}"
 
@@ -140,3 +149,18 @@ def test_notebook_runs_at_smoke(path, tmp_path):
     assert not bad, f"{path.name}: accuracies outside [0, 1]: {bad}"
     assert run["wall_s"] < NOTEBOOK_BUDGET_S, \
         f"{path.name} took {run['wall_s']:.1f} s at profile smoke; the budget is {NOTEBOOK_BUDGET_S} s"
+    assert_no_drift(path, results)
+
+
+def assert_no_drift(path: Path, results: dict) -> None:
+    """The reproducibility check of ``reproduce --check``, on the results just computed."""
+    write = update_command("smoke", "shapes", "references/smoke-shapes", torch.get_num_threads(), path.name)
+    if not (REFERENCE_DIR / path.stem / "results.json").exists():
+        pytest.fail(f"{path.name} has no committed reference in {REFERENCE_DIR}; write it with `{write}` "
+                    f"and commit it")
+    check = check_notebook(path.stem, results, REFERENCE_DIR)
+    threads = reference_threads(read_fingerprints(REFERENCE_DIR))
+    assert not check.drift, (
+        f"{path.name}: {len(check.drift)} value(s) drifted from {REFERENCE_DIR} ({check.mode}):\n"
+        f"{drift_table(check.drift)}\nIf the change is intended, rewrite the reference with `{write}`"
+        + (f" (the references were computed with {threads} torch threads)" if threads else ""))

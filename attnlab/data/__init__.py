@@ -15,6 +15,7 @@ import torch
 from ..paths import data_root
 from .imageset import ImageSet, load_cache, save_cache
 from .loader import AUGMENTS, DeviceLoader, random_crop_flip
+from .relations import RELATION_CLASSES, RELATIONS_VERSION, load_relations
 from .shapes import SHAPE_CLASSES, SHAPES_VERSION, load_shapes
 from .sources import (CIFAR10_CLASSES, DataUnavailableError, cache_path, from_torchvision,
                       imagefolder_key, read_imagefolder)
@@ -38,10 +39,16 @@ DATASETS = {
     "mnist": DatasetInfo("mnist", 10, 1, 28, "crop", 5000, "MNIST, 60k/10k 28x28 grey"),
     "shapes": DatasetInfo("shapes", 10, 3, 32, "crop_flip", 2000,
                           "embedded synthetic shapes with object masks, 12k/2k 32x32 RGB"),
+    # crops and flips keep both objects' colours, so they keep the label
+    "relations": DatasetInfo("relations", 2, 3, 32, "crop_flip", 2000,
+                             "embedded same/different task: do two objects in opposite halves share "
+                             "a colour? (needs global context), object masks, 12k/2k 32x32 RGB"),
     "imagefolder": DatasetInfo("imagefolder", 0, 3, 0, "crop_flip", 0,
                                "your own ImageFolder tree or .tar.gz (path=...), train/ and test/"),
 }
 SPLITS = ("train", "val", "test", "trainval")
+#: the datasets generated here, no download: name -> (generator version, split loader)
+GENERATED = {"shapes": (SHAPES_VERSION, load_shapes), "relations": (RELATIONS_VERSION, load_relations)}
 
 
 def list_datasets() -> list[str]:
@@ -58,7 +65,8 @@ def _official(name: str, split: str, root: Path, path: Optional[Path]) -> ImageS
     """The official ``train`` or ``test`` split, from the cache or built once."""
     if name == "imagefolder" and path is None:
         raise ValueError("dataset 'imagefolder' needs path=<folder or .tar.gz with train/ and test/>")
-    key = {"imagefolder": imagefolder_key(path) if path else "", "shapes": f"shapes-v{SHAPES_VERSION}"}.get(name, name)
+    key = {"imagefolder": imagefolder_key(path) if path else "",
+           **{g: f"{g}-v{version}" for g, (version, _) in GENERATED.items()}}.get(name, name)
     cpath = cache_path(root, key, split)
     # an ImageFolder's classes come from its training split, whichever split is asked for
     classes = _official(name, "train", root, path).classes if name == "imagefolder" and split != "train" else None
@@ -66,8 +74,8 @@ def _official(name: str, split: str, root: Path, path: Optional[Path]) -> ImageS
     if data is not None and classes is not None and data.classes != classes:
         data = None  # cached before the classes were taken from the training split
     if data is None:
-        if name == "shapes":  # generating takes seconds; loading the cache a fraction of one
-            data = load_shapes(split)
+        if name in GENERATED:  # generating takes seconds; loading the cache a fraction of one
+            data = GENERATED[name][1](split)
         elif name == "imagefolder":
             data = read_imagefolder(Path(path), split, "imagefolder", classes=classes)
         else:
@@ -273,7 +281,8 @@ def cached_datasets(root: str | Path | None = None) -> dict[str, list[str]]:
 
 
 __all__ = [
-    "ImageSet", "DataSplits", "DeviceLoader", "DatasetInfo", "DATASETS", "SHAPE_CLASSES",
+    "ImageSet", "DataSplits", "DeviceLoader", "DatasetInfo", "DATASETS", "GENERATED", "SHAPE_CLASSES",
+    "RELATION_CLASSES",
     "DataUnavailableError", "load_dataset", "load_data", "list_datasets", "dataset_info",
     "import_dataset", "cached_datasets", "channel_stats", "random_crop_flip", "split_indices",
     "save_cache", "load_cache", "subsample", "check_data_options",

@@ -25,25 +25,45 @@ SPLIT_SEEDS = {"train": 1000, "test": 2000}
 SPLIT_SIZES = {"train": 12000, "test": 2000}
 
 
-def _shape_masks(labels: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Inside-test per class on coordinates (u, v) normalised by the object radius."""
+def _inside(k: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Inside-test of class ``k`` on coordinates (u, v) normalised by the object radius."""
     au, av = u.abs(), v.abs()
     r = torch.sqrt(u * u + v * v)
     cheb = torch.maximum(au, av)
-    inside = torch.stack([
-        r <= 1.0,                                                   # disk
-        cheb <= 0.8,                                                # square
-        au + av <= 1.0,                                             # diamond
-        (v <= 0.75) & (v >= -0.9) & (au <= (v + 0.9) * 0.6),         # triangle (apex up)
-        (r <= 1.0) & (r >= 0.55),                                   # ring
-        ((au <= 0.3) & (av <= 1.0)) | ((av <= 0.3) & (au <= 1.0)),  # plus
-        ((u - v).abs() <= 0.4) | ((u + v).abs() <= 0.4),            # cross (x)
-        (av <= 0.32) & (au <= 1.0),                                 # horizontal bar
-        (cheb <= 0.9) & (cheb >= 0.55),                             # frame
-        (av <= 0.9) & (au <= av * 0.9 + 0.1),                       # hourglass
-    ], 1)  # N, classes, H, W
-    inside &= (r <= 1.3).unsqueeze(1)  # keeps the diagonal cross bounded
-    return inside.gather(1, labels.view(-1, 1, 1, 1).expand(-1, 1, *u.shape[1:])).squeeze(1)
+    name = SHAPE_CLASSES[k]
+    if name == "disk":
+        inside = r <= 1.0
+    elif name == "square":
+        inside = cheb <= 0.8
+    elif name == "diamond":
+        inside = au + av <= 1.0
+    elif name == "triangle":  # apex up
+        inside = (v <= 0.75) & (v >= -0.9) & (au <= (v + 0.9) * 0.6)
+    elif name == "ring":
+        inside = (r <= 1.0) & (r >= 0.55)
+    elif name == "plus":
+        inside = ((au <= 0.3) & (av <= 1.0)) | ((av <= 0.3) & (au <= 1.0))
+    elif name == "cross":  # x
+        inside = ((u - v).abs() <= 0.4) | ((u + v).abs() <= 0.4)
+    elif name == "bar":  # horizontal
+        inside = (av <= 0.32) & (au <= 1.0)
+    elif name == "frame":
+        inside = (cheb <= 0.9) & (cheb >= 0.55)
+    else:  # hourglass
+        inside = (av <= 0.9) & (au <= av * 0.9 + 0.1)
+    return inside & (r <= 1.3)  # keeps the diagonal cross bounded
+
+
+def _shape_masks(labels: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``(N, H, W)`` bool: image i's object of class ``labels[i]`` on its coordinates (u, v).
+
+    Each image is tested only against its own class (10x less work than testing all).
+    """
+    mask = torch.zeros(u.shape, dtype=torch.bool)
+    for k in labels.unique().tolist():
+        sel = labels == k
+        mask[sel] = _inside(k, u[sel], v[sel])
+    return mask
 
 
 def make_shapes(n: int, seed: int = 0, size: int = SIZE) -> ImageSet:

@@ -13,6 +13,11 @@ One add-on attention block (:func:`attnlab.layers.create_attn`) can be placed in
 - ``placement="block"``: inside every BasicBlock on the residual branch before the
   addition, the SE and CBAM papers' placement.
 
+A conv-replacement block (role ``conv``: attention-augmented convolution, arXiv
+1904.09925) instead replaces the first 3x3 convolution of the first block of each stage
+in ``attn_stages`` (``placement="stage"``, Bello et al.'s "first layer of the stage"
+for small networks) or of every block of those stages (``placement="block"``).
+
 Initialisation: Kaiming normal, ``init="fan_in"`` (He et al. and the common CIFAR port)
 or ``init="fan_out"`` (the CNNtention authors' ``kaiming_normal_(mode="fan_out")``).
 """
@@ -24,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import create_attn
+from ..layers import create_attn, get_attn
 
 
 class PadShortcut(nn.Module):
@@ -43,9 +48,11 @@ class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN (+ optional attention), add shortcut, ReLU."""
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "A",
-                 attn: Optional[str] = None, attn_kw: Optional[dict] = None):
+                 attn: Optional[str] = None, attn_kw: Optional[dict] = None, conv_attn: Optional[str] = None):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        # conv_attn: a conv-role block (e.g. "aaconv") in place of the first 3x3 convolution
+        self.conv1 = (create_attn(conv_attn, in_planes, planes, 3, stride=stride, **(attn_kw or {})) if conv_attn
+                      else nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False))
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -74,8 +81,10 @@ class CifarResNet(nn.Module):
     Args:
         depth: 6n + 2 (20, 32, 44, 56, 110, ...).
         shortcut: ``"A"`` (zero-pad, the paper's CIFAR choice) or ``"B"`` (1x1 conv + BN).
-        attn, attn_kw: an add-on attention block and its options (``None``: plain ResNet).
-        placement: ``"stage"`` (after stages) or ``"block"`` (inside every BasicBlock).
+        attn, attn_kw: an attention block and its options (``None``: plain ResNet): an
+            add-on or module block, or a conv replacement (see the module docstring).
+        placement: ``"stage"`` (after stages) or ``"block"`` (inside every BasicBlock);
+            for a conv replacement: the first block of each stage, or every block.
         attn_stages: the stages (1-3) that get a block with ``placement="stage"``.
         init: Kaiming normal with ``"fan_in"`` or ``"fan_out"``.
     """
@@ -101,15 +110,17 @@ class CifarResNet(nn.Module):
         self.in_channels, self.num_classes = in_channels, num_classes
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
-        in_block = attn if placement == "block" else None
+        replaces_conv = attn not in (None, "none") and get_attn(attn).role == "conv"
+        in_block = attn if placement == "block" and not replaces_conv else None
         planes_in = widths[0]
         for i, (w, stride) in enumerate(zip(widths, (1, 2, 2)), start=1):
             blocks = []
             for j in range(n):
-                blocks.append(BasicBlock(planes_in, w, stride if j == 0 else 1, shortcut, in_block, attn_kw))
+                conv = attn if replaces_conv and i in stages and (j == 0 or placement == "block") else None
+                blocks.append(BasicBlock(planes_in, w, stride if j == 0 else 1, shortcut, in_block, attn_kw, conv))
                 planes_in = w
             setattr(self, f"layer{i}", nn.Sequential(*blocks))
-            after = attn if placement == "stage" and i in stages else None
+            after = attn if placement == "stage" and i in stages and not replaces_conv else None
             setattr(self, f"attn{i}", create_attn(after, w, **(attn_kw or {})) or nn.Identity())
         self.linear = nn.Linear(widths[-1], num_classes)
         self._init_weights(init)
