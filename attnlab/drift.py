@@ -46,8 +46,9 @@ KERNEL_ISA = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"
 
 @dataclass(frozen=True)
 class Rule:
-    """Values whose path has a name matching one of ``patterns`` (``fnmatch``, case
-    ignored) follow this rule: ``kind`` is ``volatile``, ``exact``, ``abs`` or ``rel``."""
+    """Values whose own name (``leaf_only``) or any name on their path matches one of
+    ``patterns`` (``fnmatch``, lower-case patterns, case ignored) follow this rule:
+    ``kind`` is ``volatile``, ``exact``, ``abs`` or ``rel`` (absolute or relative ``value``)."""
     name: str
     patterns: tuple[str, ...]
     kind: str
@@ -66,7 +67,7 @@ class Rule:
 
 
 #: Not compared: they measure the machine and the moment, not what the code computes.
-#: Matched against every name on the path, so ``env`` covers the whole environment block.
+#: Most are matched against every name on the path, so ``env`` covers the whole block.
 VOLATILE = (
     Rule("environment (compared as the fingerprint)", ("env", "environment", "cost_measured_on", "device_name",
                                                        "platform"), "volatile", leaf_only=False),
@@ -75,22 +76,26 @@ VOLATILE = (
     Rule("throughput or step time", ("*img/s*", "*step ms*", "* ms", "x *", "share of the * step"), "volatile",
          leaf_only=False),
     Rule("measured memory", ("*peak mib*", "measured *"), "volatile", leaf_only=False),
-    Rule("run-store name or path", ("run_dir", "dir", "study", "out_dir", "cwd", "notebooks_dir"), "volatile",
-         leaf_only=False),
-    Rule("trained now or loaded from the store", ("stored", "plan", "status"), "volatile", leaf_only=False),
+    # leaf names only: a table called "plan" still holds results
+    Rule("run-store name or path", ("run_dir", "dir", "study", "out_dir", "cwd", "notebooks_dir"), "volatile"),
+    Rule("trained now or loaded from the store", ("stored", "plan", "status"), "volatile"),
 )
 
-#: Floats across fingerprints: the first rule whose pattern matches the value's own name.
-#: Accuracies are fractions in [0, 1], ``ours`` columns are test error in percent.
+#: Floats across fingerprints: the first rule that matches. Accuracies are fractions in
+#: [0, 1], ``ours`` columns test error in percent (also where a table of published numbers
+#: sets ours beside them, hence first). Each tolerance is about three times the largest
+#: change seen at smoke on shapes when only the thread count changed (2 -> 1): accuracies
+#: 0.035 (9 of 256 images), losses 1.8 %, other floats 3.1 %.
 TOLERANCES = (
+    Rule("error in percent", ("ours", "ours_std"), "abs", 10.0),
     Rule("published number (quoted, not computed)", ("published*",), "exact", EXACT_REL, leaf_only=False),
     Rule("counted, not measured", ("params*", "*flops*", "predicted*", "chance", "lr_*", "threshold"),
          "exact", EXACT_REL),
-    Rule("accuracy-like (fraction)", ("*acc*", "*top1*", "*top5*", "precision", "recall", "f1", "*inside*",
-                                      "confident", "positions used", "share", "gap", "mean", "std", "se"),
-         "abs", 0.05),
-    Rule("error in percent", ("ours", "ours_std"), "abs", 5.0),
     Rule("loss-like", ("*loss*",), "rel", 0.05),
+    # per-class or per-model accuracies sit under a key naming the accuracy
+    Rule("accuracy-like (fraction)", ("*acc*", "*top1*", "*top5*"), "abs", 0.10, leaf_only=False),
+    Rule("accuracy-like (fraction)", ("precision", "recall", "f1", "*inside*", "confident", "positions used",
+                                      "share", "gap", "mean", "std", "se"), "abs", 0.10),
 )
 #: Any other float (attention-map statistics, gates, ratios of computed values)
 DEFAULT_TOLERANCE = Rule("other float", ("*",), "rel", 0.10)
@@ -117,10 +122,12 @@ class NotebookCheck:
 
     @property
     def exact(self) -> bool:
-        return self.reference_fingerprint == self.fingerprint
+        return bool(self.fingerprint) and self.reference_fingerprint == self.fingerprint
 
     @property
     def mode(self) -> str:
+        if not self.fingerprint:
+            return "no results to compare"
         if self.exact:
             return "exact: same fingerprint as the reference"
         return "tolerances: " + "; ".join(fingerprint_differences(self.reference_fingerprint, self.fingerprint))
@@ -162,13 +169,13 @@ def fingerprint_differences(reference: dict, now: dict) -> list[str]:
 
 # -- flattening and the rules ------------------------------------------------------------
 
-Path_ = tuple  # names (str) and list positions (int)
+KeyPath = tuple  # names (str) and list positions (int)
 
 
-def flatten(obj: Any, prefix: Path_ = ()) -> dict[Path_, Any]:
+def flatten(obj: Any, prefix: KeyPath = ()) -> dict[KeyPath, Any]:
     """Leaves of nested dicts and lists by path; empty containers are leaves too."""
     if isinstance(obj, dict) and obj:
-        out: dict[Path_, Any] = {}
+        out: dict[KeyPath, Any] = {}
         for k, v in obj.items():
             out.update(flatten(v, prefix + (str(k),)))
         return out
@@ -180,7 +187,7 @@ def flatten(obj: Any, prefix: Path_ = ()) -> dict[Path_, Any]:
     return {prefix: obj}
 
 
-def path_text(path: Path_) -> str:
+def path_text(path: KeyPath) -> str:
     """``runs[0].test_acc``."""
     out = ""
     for part in path:
@@ -188,16 +195,16 @@ def path_text(path: Path_) -> str:
     return out or "(top level)"
 
 
-def _names(path: Path_) -> list[str]:
+def _names(path: KeyPath) -> list[str]:
     return [p for p in path if isinstance(p, str)]
 
 
-def volatile_rule(path: Path_) -> Optional[Rule]:
+def volatile_rule(path: KeyPath) -> Optional[Rule]:
     names = _names(path)
     return next((r for r in VOLATILE if r.matches(names)), None)
 
 
-def float_rule(path: Path_, exact: bool) -> Rule:
+def float_rule(path: KeyPath, exact: bool) -> Rule:
     """The rule for a float at ``path``: :data:`EXACT` on the same fingerprint, else
     the first of :data:`TOLERANCES` that matches, else :data:`DEFAULT_TOLERANCE`."""
     if exact:
@@ -219,7 +226,7 @@ def within(rule: Rule, reference: float, now: float) -> bool:
     return diff <= rule.value * max(abs(reference), abs(now))  # exact and rel
 
 
-def _value_drift(path: Path_, ref: Any, now: Any, exact: bool) -> Optional[tuple[str, str]]:
+def _value_drift(path: KeyPath, ref: Any, now: Any, exact: bool) -> Optional[tuple[str, str]]:
     """``(tolerance, rule)`` when ``now`` drifted from ``ref``, else None."""
     if _is_number(ref) and _is_number(now) and (isinstance(ref, float) or isinstance(now, float)):
         rule = float_rule(path, exact)
@@ -359,13 +366,7 @@ def drift_table(rows: Sequence[Drift]) -> str:
     return "\n".join(lines)
 
 
-def rules_table() -> list[tuple[str, str, str]]:
-    """``(rule, tolerance, patterns)`` for every rule, for documentation."""
-    return [(r.name, r.tolerance, ", ".join(r.patterns))
-            for r in (*VOLATILE, *TOLERANCES, DEFAULT_TOLERANCE, EXACT)]
-
-
 __all__ = ["Drift", "NotebookCheck", "Rule", "VOLATILE", "TOLERANCES", "DEFAULT_TOLERANCE", "EXACT",
            "EXACT_REL", "KERNEL_ISA", "FINGERPRINT", "compare", "flatten", "fingerprint",
            "fingerprint_differences", "machine_isa", "check_notebook", "read_reference", "read_fingerprints",
-           "reference_threads", "write_reference", "update_command", "drift_table", "rules_table"]
+           "reference_threads", "write_reference", "update_command", "drift_table", "format_cell"]

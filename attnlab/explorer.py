@@ -87,8 +87,9 @@ class AxisView:
                  f"{len(self.missing)} missing"]
         if self.missing:
             est = self.missing_seconds
-            lines.append(f"training the missing runs here would take about {est:.0f} s on this {p.device.upper()}"
-                         + (" (slow: consider the commands on a GPU)" if est > SLOW_S else ""))
+            if not math.isnan(est):
+                lines.append(f"training the missing runs here would take about {est:.0f} s on this "
+                             f"{p.device.upper()}" + (" (slow: consider the commands on a GPU)" if est > SLOW_S else ""))
             lines += [f"  {c}" for c in self.commands]
         return "\n".join(lines)
 

@@ -117,7 +117,8 @@ class LeaderboardPlan:
         lines = [f"leaderboard on {self.dataset}, profile {self.profile} ({prof.description}); recipe "
                  f"{self.recipe}; seeds {list(self.seeds)}; device {self.device}",
                  f"{len(self.runs)} runs: {stored} stored, {len(train)} to train here "
-                 f"(about {sum(r.estimate_s for r in train):.0f} s), {len(self.missing)} missing"]
+                 + (f"(about {sum(r.estimate_s for r in train):.0f} s)" if self.budget_s is not None else "(no time budget)")
+                 + f", {len(self.missing)} missing"]
         if self.missing:
             lines.append("missing (these commands fill the run store; then run this again):")
             lines += [f"  - {r.entry.label} seed {r.config.seed}: {r.reason}" for r in self.missing]
@@ -151,7 +152,7 @@ def plan_leaderboard(dataset: str = "relations", profile: str = "quick", seeds: 
         raise ValueError(f"budget_s must be >= 0 seconds or None (no limit), got {budget_s}")
     dev = resolve_device(device).type
     left = math.inf if budget_s is None else float(budget_s)
-    runs = []
+    runs, estimates = [], {}
     for seed in seeds:            # seed-major: every entry gets a first seed before any a second
         for e in entries:
             cfg = _config(e, dataset, profile, recipe, seed, data_kw)
@@ -161,9 +162,14 @@ def plan_leaderboard(dataset: str = "relations", profile: str = "quick", seeds: 
             if model_spec(e.model).slow_on_cpu and dev == "cpu" and not train_slow:
                 runs.append(PlannedEntry(e, cfg, False, False, math.nan, "too slow to train on a CPU here"))
                 continue
-            est = estimate_train_seconds(cfg, runs_dir, device=dev)
-            fits = est <= left
-            left -= est if fits else 0
+            if budget_s is None:
+                est = math.nan        # no budget to fit: no need to time anything
+            elif e.label not in estimates:   # seeds of one entry cost the same
+                est = estimates[e.label] = estimate_train_seconds(cfg, runs_dir, device=dev)
+            else:
+                est = estimates[e.label]
+            fits = budget_s is None or est <= left
+            left -= est if fits and budget_s is not None else 0
             runs.append(PlannedEntry(e, cfg, False, fits, est,
                                      "" if fits else f"about {est:.0f} s: over the training budget"))
     return LeaderboardPlan(dataset, profile, seeds, recipe, dev, runs, budget_s,

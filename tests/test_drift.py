@@ -30,7 +30,7 @@ def results(**changes) -> dict:
             "model": "resnet20", "wall_s": 12.0, "written": "2026-01-01 10:00:00", "env": dict(ENV),
             "runs": [{"model": "resnet20", "test_acc": 0.5, "train img/s": 300.0, "peak MiB (train)": 60.0,
                       "status": "trained", "ours": 50.0}],
-            "published": [{"value": 8.75}], "gate": 0.01}
+            "published": [{"value": 8.75, "ours": 50.0}], "gate": 0.01, "per_class_acc": {"ring": 0.5}}
     return {**base, **changes}
 
 
@@ -66,20 +66,23 @@ def test_exact_on_the_same_fingerprint():
 
 def test_tolerance_per_metric_on_another_fingerprint():
     ref = results()
-    within = results(test_acc=0.54, test_loss=2.09, gate=0.0109,
-                     runs=[{**ref["runs"][0], "test_acc": 0.46, "ours": 54.5}])
+    within = results(test_acc=0.59, test_loss=2.09, gate=0.0109, per_class_acc={"ring": 0.41},
+                     runs=[{**ref["runs"][0], "test_acc": 0.42, "ours": 59.0}],
+                     published=[{"value": 8.75, "ours": 41.0}])
     assert drifted_paths(ref, within, exact=False) == {}
-    beyond = results(test_acc=0.56, test_loss=2.2, gate=0.0115, params=269723, model="resnet32",
-                     published=[{"value": 8.7500001}], runs=[{**ref["runs"][0], "ours": 56.0}])
+    beyond = results(test_acc=0.61, test_loss=2.2, gate=0.0115, params=269723, model="resnet32",
+                     published=[{"value": 8.7500001, "ours": 50.0}], runs=[{**ref["runs"][0], "ours": 61.0}],
+                     per_class_acc={"ring": 0.39})
     found = drifted_paths(ref, beyond, exact=False)
     assert found == {
-        "test_acc": ("abs 0.05", "accuracy-like (fraction)"),
+        "test_acc": ("abs 0.1", "accuracy-like (fraction)"),
         "test_loss": ("rel 0.05", "loss-like"),
         "gate": ("rel 0.1", "other float"),
         "params": ("exact", "integer"),
         "model": ("exact", "string"),
         "published[0].value": ("exact", "published number (quoted, not computed)"),
-        "runs[0].ours": ("abs 5", "error in percent"),
+        "runs[0].ours": ("abs 10", "error in percent"),
+        "per_class_acc.ring": ("abs 0.1", "accuracy-like (fraction)"),  # named by its parent
     }
 
 
@@ -108,7 +111,7 @@ def test_fingerprint_parts():
 
 def test_fingerprint_mismatch_switches_to_tolerances(tmp_path):
     write_reference(tmp_path, {"00_nb": results()}, "smoke", "shapes", cpu_isa=ISA)
-    slightly = results(test_acc=0.51)
+    slightly = results(test_acc=0.51)  # within every tolerance, not exact
     same = check_notebook("00_nb", slightly, tmp_path, cpu_isa=ISA)
     assert same.exact and [d.path for d in same.drift] == ["test_acc"]
     other_threads = check_notebook("00_nb", results(test_acc=0.51, env={**ENV, "threads": 1}), tmp_path, ISA)
@@ -203,5 +206,9 @@ def test_update_reference_from_a_report(tmp_path):
     failed = make_report(tmp_path / "failed", ["00_getting_started"], REFERENCES, status="failed")
     with pytest.raises(ValueError, match="every notebook ran"):
         update_reference(failed, refs)
+    (failed / "00_getting_started" / "results.json").unlink()
+    (check,) = check_report(failed, REFERENCES)  # a failed notebook is drift as well
+    assert [(d.path, d.now, d.rule) for d in check.drift] == [("results.json", "<absent>", "the notebook failed")]
+    assert not check.exact and check.mode == "no results to compare"
     with pytest.raises(ValueError, match="profile smoke"):
         write_reference(refs, {"x": results()}, "quick", "shapes")
