@@ -72,7 +72,8 @@ from torch import nn
 
 from .hardware import resolve_device
 from .layers.merge import Merge
-from .data import load_data
+from .cost import step_seconds
+from .data import dataset_info, load_data
 from .papers import AblationAxis, Claim, Paper, create_model, get_paper, model_options, model_spec
 from .papers.cnntention import load_authors_checkpoint
 from .recipes import Recipe, get_profile, get_recipe
@@ -281,9 +282,6 @@ def estimate_train_seconds(config: RunConfig, runs_dir: str | Path | None = None
             run = Run.load(run_path(other, runs_dir))
             if run is not None:
                 return float(run.metrics["wall_s"])
-    from .cost import step_seconds
-    from .data import dataset_info
-
     info = dataset_info(config.dataset)
     r = get_recipe(config.recipe, config.profile, config.dataset, **config.recipe_kw)
     n_train = (config.data_kw.get("train_subset") or get_profile(config.profile).data_kwargs(config.dataset)
