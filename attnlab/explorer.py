@@ -18,7 +18,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional
 
 import torch
 
@@ -123,21 +123,15 @@ def train_missing(view: AxisView, progress: bool = True) -> AxisView:
 
 
 def _accuracy_panel(ax, view: AxisView) -> None:
-    values = [repr(v) for v in view.axis.values]
-    runs = view.runs
-    for i, v in enumerate(values):
-        acc = runs.loc[runs[view.axis.parameter].map(repr) == v, "test_acc"].dropna() if len(runs) else []
-        if len(acc):
-            ax.plot([i] * len(acc), acc, "o", color="grey", ms=4, alpha=0.7)
-            ax.errorbar([i], [acc.mean()], yerr=[acc.std() if len(acc) > 1 else 0], fmt="s", color="C0",
-                        capsize=4, ms=7)
-        else:
-            ax.text(i, 0.5, "missing", ha="center", va="center", rotation=90, color="C3",
-                    transform=ax.get_xaxis_transform())
-    ax.set_xticks(range(len(values)), [v.strip("'") for v in values], rotation=15, fontsize=8)
-    ax.set_ylabel("test accuracy")
-    ax.set_title(f"{view.axis.parameter}: mean ± std, seeds as dots", fontsize=9)
-    ax.grid(alpha=0.3)
+    param = view.axis.parameter
+    stored = {repr(v) for v in view.runs[param]} if len(view.runs) else set()
+    missing = [str(v) for v in view.axis.values if repr(v) not in stored]
+    if stored:
+        plots.plot_results(view.runs.assign(value=view.runs[param].map(str)), "test_acc", by="value", ax=ax)
+    else:
+        ax.text(0.5, 0.5, "no stored runs", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title(f"{param}: mean ± std, seeds as dots" + (f"\nmissing: {', '.join(missing)}" if missing else ""),
+                 fontsize=9)
 
 
 def _curves_panel(ax, view: AxisView) -> None:

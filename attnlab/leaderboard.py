@@ -21,7 +21,6 @@ residual-attention (trunk-and-mask) module follows stage 2, the deepest stage wh
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -34,7 +33,7 @@ from .explain import gradcam, localisation_score
 from .hardware import resolve_device
 from .papers import create_model, model_spec
 from .recipes import get_profile
-from .runs import Run, RunConfig, check_seeds, is_finished, run_path, train_or_load
+from .runs import Run, RunConfig, check_seeds, is_finished, train_or_load
 from .study import commands_for, estimate_train_seconds, normalise, seed_summary
 from .train import NonFiniteLossError
 

@@ -134,6 +134,11 @@ def _seeds(text: str) -> list[int]:
         raise ValueError(f"seeds must be comma-separated integers such as 0,1,2; got {text!r}") from None
 
 
+def _axis_options(paper: str) -> list[tuple[str, str]]:
+    """(label, key) pairs of ``paper``'s ablation axes, for a dropdown."""
+    return [(f"{label} ({key})", key) for _, key, label in list_axes(paper)]
+
+
 def ablation_explorer(dataset: str = "shapes", profile: str = "quick", seeds: Sequence[int] = (0,),
                       runs_dir: str | Path | None = None, paper: str = "cnntention", axis: Optional[str] = None,
                       cpu_quick_data: Optional[dict] = None):
@@ -147,10 +152,8 @@ def ablation_explorer(dataset: str = "shapes", profile: str = "quick", seeds: Se
     from IPython.display import display
 
     papers = [p for p in list_papers() if get_paper(p).ablations]
-    def axes_of(p):  # noqa: E306 - (label, key) pairs for the axis dropdown
-        return [(f"{label} ({key})", key) for _, key, label in list_axes(p)]
     paper_dd = w.Dropdown(options=papers, value=paper, description="paper")
-    axis_dd = w.Dropdown(options=axes_of(paper), value=axis or axes_of(paper)[0][1], description="ablation",
+    axis_dd = w.Dropdown(options=_axis_options(paper), value=axis or _axis_options(paper)[0][1], description="ablation",
                          layout=w.Layout(width="36em"))
     dataset_dd = w.Dropdown(options=[d for d in list_datasets() if d != "imagefolder"], value=dataset,
                             description="dataset")
@@ -178,7 +181,7 @@ def ablation_explorer(dataset: str = "shapes", profile: str = "quick", seeds: Se
             status.value = f"<b style='color:#b00'>{html.escape(str(exc))}</b>"
 
     def on_paper(change):
-        axis_dd.options = axes_of(change["new"])  # selecting the first axis redraws
+        axis_dd.options = _axis_options(change["new"])  # selecting the first axis redraws
 
     def on_train(_):
         train_btn.disabled = True
