@@ -49,7 +49,8 @@ from . import cost
 from .cost import step_seconds, sync
 from .data import DataSplits, DeviceLoader, ImageSet, cached_datasets, channel_stats, load_data
 from .explain import attention_maps, gradcam
-from .hardware import autocast, cpu_has_bf16, environment, resolve_device, resolve_precision
+from .hardware import (autocast, cpu_has_bf16, environment, resolve_device, resolve_memory_format, resolve_precision,
+                       to_memory_format, training_memory_format)
 from .layers import collect_maps
 from .layers.sdpa import explicit_attention
 from .papers import SpeedTarget, create_model, get_paper, list_papers
@@ -189,7 +190,8 @@ def bench_loader(train: ImageSet, device: torch.device, step_s: float, s: Settin
     if len(train) < need * bs:
         raise ValueError(f"the loader benchmark needs {need * bs} images, got {len(train)}")
     loaders = {"attnlab DeviceLoader": (DeviceLoader(train, bs, mean=mean, std=std, shuffle=True,
-                                                     augment="crop_flip", device=device), 1)}
+                                                     augment="crop_flip", device=device,
+                                                     memory_format=resolve_memory_format()), 1)}
     # a GPU machine's bare Python may lack torchvision: then attnlab's loader is timed alone
     for workers in (0, 2) if importlib.util.find_spec("torchvision") else ():
         # warm-up covers every worker's first batch, which includes starting the worker
@@ -208,10 +210,12 @@ def bench_loader(train: ImageSet, device: torch.device, step_s: float, s: Settin
 
 def bare_loop_rate(model: torch.nn.Module, data: DataSplits, recipe, device: torch.device,
                    precision: str, seed: int = 0, epochs: int = 2) -> float:
-    """Images/s of the last of ``epochs`` windows of the plainest PyTorch training loop."""
+    """Images/s of the last of ``epochs`` windows of the plainest PyTorch training loop,
+    in the memory layout ``fit`` trains in by default."""
     seed_everything(seed)
-    model = model.to(device).train()
-    loader = data.loader("train", recipe.batch_size, device, seed)
+    layout = training_memory_format(model, device)
+    model = to_memory_format(model.to(device), layout).train()
+    loader = data.loader("train", recipe.batch_size, device, seed, memory_format=layout)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                           nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
     rate = 0.0

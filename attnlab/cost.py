@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .hardware import autocast, resolve_device, resolve_precision
+from .hardware import MEMORY_FORMATS, autocast, resolve_device, resolve_precision, to_memory_format, training_memory_format
 from .papers import create_model
 
 aten = torch.ops.aten
@@ -105,9 +105,11 @@ def flops_by_module(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32
 
 def _make_step(model: nn.Module, batch_size: int, input_shape: Sequence[int], device: torch.device,
                precision: str, train: bool) -> Callable[[], None]:
-    """A closure running one training (or inference) step on a copy of ``model``."""
-    model = copy.deepcopy(model).to(device).train(train)
-    x = torch.randn(batch_size, *input_shape, device=device)
+    """A closure running one training (or inference) step on a copy of ``model``, in the
+    memory layout ``fit`` trains in by default."""
+    layout = training_memory_format(model, device)
+    model = to_memory_format(copy.deepcopy(model).to(device), layout).train(train)
+    x = torch.randn(batch_size, *input_shape, device=device).contiguous(memory_format=MEMORY_FORMATS[layout])
     # every label 0: cross-entropy costs the same for any labels and fits any class count
     y = torch.zeros(batch_size, dtype=torch.long, device=device)
     if not train:

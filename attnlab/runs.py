@@ -482,6 +482,7 @@ def _metrics(history, data, recipe, model) -> dict:
         "num_classes": data.num_classes, "in_channels": data.in_channels, "classes": data.classes,
         "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
         "recipe": recipe.to_dict(), "device": history.device, "precision": history.precision,
+        "memory_format": history.memory_format,
         **{k: v for k, v in frame.iloc[-1].items() if str(k).startswith("gate:")},
     }
 

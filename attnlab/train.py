@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import DataSplits, DeviceLoader
-from .hardware import autocast, resolve_device, resolve_precision
+from .hardware import autocast, resolve_device, resolve_precision, to_memory_format, training_memory_format
 from .integrity import verify_torch_file
 from .paths import atomic_path
 from .recipes import Recipe, validate_recipe
@@ -68,6 +68,7 @@ class History:
     elapsed_s: float = 0.0
     device: str = ""
     precision: str = ""
+    memory_format: str = ""
 
     def to_frame(self):
         import pandas as pd
@@ -218,15 +219,16 @@ def load_checkpoint(path: Path) -> dict:
 class _Trainer:
     """State of one ``fit`` call; split out so each step stays short."""
 
-    def __init__(self, model, data, recipe, device, precision, seed, checkpoint, progress,
-                 callbacks):
+    def __init__(self, model, data, recipe, device, precision, memory_format, seed, checkpoint,
+                 progress, callbacks):
         validate_recipe(recipe)
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.model = model.to(self.device)
+        self.memory_format = training_memory_format(model, self.device, memory_format)
+        self.model = to_memory_format(model.to(self.device), self.memory_format)
         self.data, self.recipe, self.seed = data, recipe, seed
-        self.train_loader = data.loader("train", recipe.batch_size, self.device, seed)
-        self.val_loader = data.loader("val", 512, self.device)
+        self.train_loader = self.loader("train", recipe.batch_size)
+        self.val_loader = self.loader("val", 512)
         self.steps = len(self.train_loader)
         if recipe.max_steps_per_epoch:
             self.steps = min(self.steps, recipe.max_steps_per_epoch)
@@ -234,7 +236,8 @@ class _Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(recipe, s, self.steps))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.history = History(device=str(self.device), precision=self.precision)
+        self.history = History(device=str(self.device), precision=self.precision,
+                               memory_format=self.memory_format)
         self.best_state = None
         self.bad_epochs = 0
         self.start_epoch = 0
@@ -243,6 +246,10 @@ class _Trainer:
         self.progress, self.callbacks = progress, list(callbacks)
         # Checking the loss every batch costs a device sync; on a GPU check in blocks.
         self.check_every = 1 if self.device.type == "cpu" else 50
+
+    def loader(self, split: str, batch_size: int):
+        return self.data.loader(split, batch_size, self.device, self.seed if split == "train" else 0,
+                                memory_format=self.memory_format)
 
     # -- checkpoints -------------------------------------------------------------------
     def state(self) -> dict:
@@ -376,7 +383,7 @@ class _Trainer:
     def final_test(self) -> None:
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        test_loader = self.data.loader("test", 512, self.device)
+        test_loader = self.loader("test", 512)
         test = evaluate(self.model, test_loader, self.precision, self.data.num_classes,
                         flip="flip" in self.train_loader.augment)
         self.history.test_flip = test.pop("flip", {})
@@ -410,8 +417,8 @@ def _live_callbacks(live: Optional[bool], progress: bool) -> list[Callback]:
 
 
 def fit(model: nn.Module, data: DataSplits, recipe: Recipe, *, device: str = "auto",
-        precision: str = "auto", seed: int = 0, checkpoint: str | Path | None = None,
-        resume: bool = True, progress: bool = True, live: Optional[bool] = None,
+        precision: str = "auto", memory_format: str = "auto", seed: int = 0,
+        checkpoint: str | Path | None = None, resume: bool = True, progress: bool = True, live: Optional[bool] = None,
         deterministic: bool = False, evaluate_test: bool = True,
         callbacks: Sequence[Callback] = ()) -> History:
     """Train ``model`` on ``data`` with ``recipe`` and return its :class:`History`.
@@ -422,6 +429,10 @@ def fit(model: nn.Module, data: DataSplits, recipe: Recipe, *, device: str = "au
       at k + 1 and, with ``deterministic``, gives the same history as an uninterrupted run).
     - ``callbacks``: called with the history after each epoch; raising
       ``KeyboardInterrupt`` in one stops like Ctrl-C.
+    - ``memory_format``: ``auto`` (channels-last where the model's convolutions allow
+      it), ``channels_last`` or ``contiguous``; the model is converted in place and the
+      batches come in that layout (``history.memory_format``). It changes speed, not the
+      maths (see :func:`attnlab.hardware.training_memory_format`).
     - ``live``: add the registered live display (:func:`set_live_display`; in a notebook
       after :func:`attnlab.notebook.setup`, loss and accuracy curves) to the callbacks;
       default: when one is registered and ``progress`` is on.
@@ -431,7 +442,7 @@ def fit(model: nn.Module, data: DataSplits, recipe: Recipe, *, device: str = "au
     """
     seed_everything(seed, deterministic)
     callbacks = [*callbacks, *_live_callbacks(live, progress)]
-    t = _Trainer(model, data, recipe, device, precision, seed, checkpoint, progress, callbacks)
+    t = _Trainer(model, data, recipe, device, precision, memory_format, seed, checkpoint, progress, callbacks)
     if t.checkpoint and resume:
         # a crash between keeping the previous checkpoint and writing the new one leaves only the previous
         latest = next((p for p in (t.checkpoint, previous_checkpoint(t.checkpoint)) if p.exists()), None)

@@ -108,6 +108,21 @@ def test_crop_without_flip_never_mirrors():
     assert torch.equal(out, x)
 
 
+@pytest.mark.parametrize("augment", ["none", "crop_flip"])
+def test_channels_last_batches_hold_the_same_values(tiny_data, augment):
+    def batches(memory_format):
+        loader = DeviceLoader(tiny_data.train, 64, mean=[0.5] * 3, std=[0.25] * 3, shuffle=True,
+                              augment=augment, seed=3, memory_format=memory_format)
+        return list(loader)
+
+    for (a, ya), (b, yb) in zip(batches("contiguous"), batches("channels_last"), strict=True):
+        assert a.is_contiguous() and not a.is_contiguous(memory_format=torch.channels_last)
+        assert b.is_contiguous(memory_format=torch.channels_last) and not b.is_contiguous()
+        assert torch.equal(a, b) and torch.equal(ya, yb)
+    with pytest.raises(ValueError, match="unknown memory format 'nhwc'; allowed: auto, channels_last, contiguous"):
+        DeviceLoader(tiny_data.train, mean=[0] * 3, std=[1] * 3, memory_format="nhwc")
+
+
 def test_unknown_augment_is_rejected(tiny_data):
     with pytest.raises(ValueError, match="unknown augment 'rotate'"):
         DeviceLoader(tiny_data.train, mean=[0] * 3, std=[1] * 3, augment="rotate")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from attnlab import PROFILES, RunConfig, collect_maps, create_model, get_paper, get_recipe, list_papers
+from attnlab.hardware import to_memory_format
 from attnlab.layers import MAP_KINDS
 from attnlab.papers import list_models, model_spec, resolve_model
 from attnlab.papers.registry import METRICS, SPLITS
@@ -97,6 +98,38 @@ def test_model_builds_runs_and_matches_its_pin(name):
     with torch.no_grad(), collect_maps(model, query=(16, 16)) as maps:
         model(x)
     check_maps(maps, 2)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_channels_last_computes_what_nchw_computes(name):
+    """fit trains channels-last by default: every block must index by shape, not by the
+    memory layout (a ``.view`` over NHWC memory raises, a wrong permute mixes pixels).
+    In float64, so that the two layouts' different summation orders cannot hide a real
+    difference (in fp32, batch-norm's backward over two images amplifies them to ~1%).
+    Dropout is off: its masks are drawn in memory order, so they differ by layout."""
+    model = create_model(name).double()
+    twin = to_memory_format(create_model(name).double(), "channels_last")
+    twin.load_state_dict(model.state_dict())
+    big = n_params(model) > BIG
+    x = torch.randn(1 if big else 2, 3, 32, 32, dtype=torch.float64)
+    outs = []
+    for net, inp in ((model, x), (twin, x.contiguous(memory_format=torch.channels_last))):
+        net.train(not big)
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.dropout._DropoutNd):
+                m.eval()
+        with torch.set_grad_enabled(not big), collect_maps(net, query=(16, 16)) as maps:
+            out = net(inp)
+        if not big:
+            torch.nn.functional.cross_entropy(out, torch.tensor([0, 1])).backward()
+        outs.append((out.detach(), {m: {k: v.detach() for k, v in kinds.items()} for m, kinds in maps.items()}))
+    (a, maps_a), (b, maps_b) = outs
+    torch.testing.assert_close(b, a, atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(maps_b, maps_a, atol=1e-10, rtol=1e-9)
+    if not big:
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        twin_grads = {n: p.grad.contiguous() for n, p in twin.named_parameters() if p.grad is not None}
+        torch.testing.assert_close(twin_grads, grads, atol=1e-10, rtol=1e-8)
 
 
 @pytest.mark.parametrize("pid", PAPERS)

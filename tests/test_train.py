@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from attnlab import create_model, fit, get_recipe, load_data
+from attnlab.hardware import channels_last_hazards
 from attnlab.recipes import Recipe
 from attnlab.train import CheckpointError, NonFiniteLossError, lr_factor
 
@@ -67,6 +68,44 @@ def test_two_deterministic_runs_are_identical(tiny_data):
 
     a, b = run(), run()
     assert a["train_loss"] == b["train_loss"] and a["val_loss"] == b["val_loss"]
+
+
+def test_memory_format_changes_the_layout_not_the_training(tiny_data):
+    def run(memory_format):
+        torch.manual_seed(0)
+        model = create_model("resnet20")
+        h = fit(model, tiny_data, small_recipe(epochs=1), progress=False, precision="fp32", seed=3,
+                memory_format=memory_format, evaluate_test=False)
+        return h, model.conv1.weight
+
+    nchw, w_nchw = run("contiguous")
+    nhwc, w_nhwc = run("auto")
+    assert (nchw.memory_format, nhwc.memory_format) == ("contiguous", "channels_last")
+    assert w_nchw.is_contiguous() and w_nhwc.is_contiguous(memory_format=torch.channels_last)
+    assert not w_nhwc.is_contiguous()
+    # three SGD steps from the same weights on the same batches: equal up to rounding, which
+    # batch-norm's backward amplifies (about 5e-4 here, on weights of about 0.3; a layout
+    # bug moves them by the size of the weights)
+    assert nhwc.rows[0]["train_loss"] == pytest.approx(nchw.rows[0]["train_loss"], rel=1e-3)
+    torch.testing.assert_close(w_nhwc.contiguous(), w_nchw, atol=3e-3, rtol=0)
+    with pytest.raises(ValueError, match="unknown memory format 'NHWC'; allowed: auto, channels_last, contiguous"):
+        fit(create_model("resnet20"), tiny_data, small_recipe(), progress=False, memory_format="NHWC")
+
+
+def test_a_layer_that_breaks_channels_last_keeps_the_model_contiguous(tiny_data):
+    """torch's CPU weight gradient of a strided 1x1 conv with 2-7 input channels is broken in
+    channels-last (heap corruption at one thread): such a shortcut trains contiguous."""
+    narrow = dict(depth=8, widths=[4, 8, 16], shortcut="B")
+    assert channels_last_hazards(create_model("resnet20", **narrow)) == [
+        "layer2.0.shortcut.0 (4 input channels, 1x1, stride 2x2)"]
+    assert channels_last_hazards(create_model("resnet20", shortcut="B")) == []  # 16 channels: fine
+    assert channels_last_hazards(create_model("resnet20", **narrow), "cuda") == []
+    h = fit(create_model("resnet20", **narrow), tiny_data, small_recipe(epochs=1), progress=False,
+            evaluate_test=False)
+    assert h.memory_format == "contiguous" and h.rows[0]["train_loss"] > 0
+    with pytest.raises(ValueError, match=r"layer2\.0\.shortcut\.0 .*use memory_format='auto' or 'contiguous'"):
+        fit(create_model("resnet20", **narrow), tiny_data, small_recipe(), progress=False,
+            memory_format="channels_last")
 
 
 class NaNAfter(nn.Module):

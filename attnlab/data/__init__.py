@@ -170,11 +170,13 @@ class DataSplits:
 
     def loader(self, split: str, batch_size: int = 128, device="cpu", seed: int = 0,
                augment: Optional[str] = None, mean: Optional[Sequence[float]] = None,
-               std: Optional[Sequence[float]] = None) -> DeviceLoader:
+               std: Optional[Sequence[float]] = None, memory_format: str = "contiguous") -> DeviceLoader:
         """Training loader shuffles and augments; evaluation loaders do neither.
 
         ``mean`` / ``std`` replace the training-set statistics, for weights trained with
-        other ones (a released checkpoint states what it expects).
+        other ones (a released checkpoint states what it expects). ``memory_format``:
+        the batches' layout (``contiguous`` or ``channels_last``, as :func:`attnlab.fit`
+        trains by default).
         """
         data = {"train": self.train, "val": self.val, "test": self.test}[split]
         train = split == "train"
@@ -184,7 +186,7 @@ class DataSplits:
                              f"got {len(mean)} and {len(std)}")
         return DeviceLoader(data, batch_size, mean=mean, std=std, shuffle=train,
                             augment=(augment or self.augment) if train else "none",
-                            device=device, seed=seed, drop_last=False)
+                            device=device, seed=seed, drop_last=False, memory_format=memory_format)
 
     def summary(self) -> str:
         return (f"{self.name}: train {len(self.train)}, val {len(self.val)}, test {len(self.test)}, "

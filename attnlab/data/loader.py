@@ -11,6 +11,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from ..hardware import MEMORY_FORMATS, resolve_memory_format
 from .imageset import ImageSet
 
 AUGMENTS = ("none", "crop", "crop_flip")
@@ -20,7 +21,8 @@ def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, g: torch.Generat
     """He et al. (2016) augmentation for a uint8 batch: crop from zero padding, h-flip.
 
     The random numbers come from the CPU generator ``g`` so a seed gives the same
-    batch on every device.
+    batch on every device. The result is laid out channels-last (the gather runs over
+    pixels), which is the layout training uses by default.
     """
     b, c, h, w = x.shape
     oy = torch.randint(0, 2 * padding + 1, (b, 1), generator=g).to(x.device)
@@ -32,7 +34,7 @@ def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, g: torch.Generat
         cols = torch.where(flipped, cols.flip(1), cols)
     xp = torch.nn.functional.pad(x, (padding,) * 4).permute(0, 2, 3, 1)  # B, H+2p, W+2p, C
     bi = torch.arange(b, device=x.device).view(b, 1, 1)
-    return xp[bi, rows.unsqueeze(2), cols.unsqueeze(1)].permute(0, 3, 1, 2).contiguous()
+    return xp[bi, rows.unsqueeze(2), cols.unsqueeze(1)].permute(0, 3, 1, 2)  # B, C, H, W (NHWC in memory)
 
 
 class DeviceLoader:
@@ -40,12 +42,13 @@ class DeviceLoader:
 
     Shuffling and augmentation for epoch ``e`` are drawn from ``seed`` and ``e`` alone
     (call :meth:`set_epoch`), so a resumed run sees exactly the batches it would have.
+    Batches come in ``memory_format`` (``contiguous`` or ``channels_last``).
     """
 
     def __init__(self, data: ImageSet, batch_size: int = 128, *, mean: Sequence[float],
                  std: Sequence[float], shuffle: bool = False, augment: str = "none",
                  padding: int = 4, device: str | torch.device = "cpu", seed: int = 0,
-                 drop_last: bool = False):
+                 drop_last: bool = False, memory_format: str = "contiguous"):
         if augment not in AUGMENTS:
             raise ValueError(f"unknown augment {augment!r}; allowed: {', '.join(AUGMENTS)}")
         self.device = torch.device(device)
@@ -57,6 +60,7 @@ class DeviceLoader:
         self.shift = (-torch.tensor(mean, dtype=torch.float32) / torch.tensor(std)).view(1, c, 1, 1).to(self.device)
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
         self.padding, self.seed, self.drop_last, self.epoch = padding, seed, drop_last, 0
+        self.memory_format = MEMORY_FORMATS[resolve_memory_format(memory_format)]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -81,4 +85,4 @@ class DeviceLoader:
                 x, y = self.images[idx], self.labels[idx]
             if self.augment != "none":
                 x = random_crop_flip(x, self.padding, self.augment == "crop_flip", g)
-            yield self.normalize(x), y
+            yield self.normalize(x).contiguous(memory_format=self.memory_format), y
