@@ -172,7 +172,8 @@ def environment(device: str = "auto", precision: str = "auto") -> dict:
         "device": str(dev),
         "device_name": device_name(dev),
         "precision": resolve_precision(precision, dev),
-        "memory_format": resolve_memory_format(),
+        # what fit(memory_format="auto") picks; a run's metrics.json records what it used
+        "default_memory_format": resolve_memory_format(),
         # CPU results depend on the thread count (reduction order), so runs record it
         "threads": torch.get_num_threads(),
         "platform": platform.platform(),
